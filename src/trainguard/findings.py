@@ -1,0 +1,190 @@
+"""Result types shared by every feature: severities, rule ids, findings and verdicts.
+
+All result types are frozen. A finding always carries a stable ``rule`` id (the alert ids
+of THREATS.md), a severity, a message, a location and evidence. "Could not check" is a
+finding of its own (``scan.error``), never silence.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "FileResult",
+    "Finding",
+    "Location",
+    "Rule",
+    "ScanReport",
+    "Severity",
+    "Verdict",
+]
+
+
+class Severity(enum.IntEnum):
+    """Ordered severity. The only place it maps to verdicts, SARIF levels and scores."""
+
+    INFO = 0
+    LOW = 1
+    MEDIUM = 2
+    HIGH = 3
+    CRITICAL = 4
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+    @classmethod
+    def parse(cls, text: str) -> Severity:
+        try:
+            return cls[text.strip().upper()]
+        except KeyError:
+            choices = ", ".join(s.label for s in cls)
+            raise ValueError(f"unknown severity {text!r} (choose from {choices})") from None
+
+    @property
+    def sarif_level(self) -> str:
+        if self >= Severity.HIGH:
+            return "error"
+        if self >= Severity.MEDIUM:
+            return "warning"
+        return "note"
+
+    @property
+    def security_severity(self) -> str:
+        """CVSS-like score used by code-scanning UIs (GitHub reads ``security-severity``)."""
+        return {0: "0.0", 1: "2.0", 2: "5.0", 3: "8.0", 4: "9.8"}[int(self)]
+
+
+class Rule(str, enum.Enum):
+    """Stable rule / alert ids. Users script against these strings; never rename one."""
+
+    CODE_EXECUTION = "scan.code_execution"
+    UNKNOWN_GLOBAL = "scan.unknown_global"
+    UNKNOWN_FORMAT = "scan.unknown_format"
+    MALFORMED = "scan.malformed"
+    CONTAINER_ANOMALY = "scan.container_anomaly"
+    PATH_TRAVERSAL = "scan.path_traversal"
+    TEMPLATE_INJECTION = "scan.template_injection"
+    POLICY_EXPIRED = "scan.policy_expired"
+    ERROR = "scan.error"
+    LOAD_BLOCKED = "load.blocked"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Verdict(str, enum.Enum):
+    """Per-file verdict. ``error`` means the file could not be judged completely."""
+
+    SAFE = "safe"
+    SUSPICIOUS = "suspicious"
+    UNSAFE = "unsafe"
+    ERROR = "error"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """Where a finding is: the file, a member path inside containers, a byte offset."""
+
+    path: str
+    member: str | None = None
+    offset: int | None = None
+
+    def __str__(self) -> str:
+        text = self.path
+        if self.member:
+            text += f"!{self.member}"
+        if self.offset is not None:
+            text += f"@{self.offset}"
+        return text
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.path, "member": self.member, "offset": self.offset}
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    rule: Rule
+    severity: Severity
+    message: str
+    location: Location
+    evidence: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "rule": self.rule.value,
+            "severity": self.severity.label,
+            "message": self.message,
+            "location": self.location.to_json(),
+            "evidence": dict(self.evidence),
+        }
+
+
+def verdict_of(findings: Iterable[Finding], complete: bool) -> Verdict:
+    """The single mapping from findings to a verdict.
+
+    A file that could not be read to the end is ``error`` unless what was read already
+    proves it unsafe (a payload before the garbage still runs in the real loader).
+    """
+    worst = max((f.severity for f in findings if f.rule is not Rule.ERROR), default=None)
+    if worst is not None and worst >= Severity.HIGH:
+        return Verdict.UNSAFE
+    if not complete:
+        return Verdict.ERROR
+    if worst is not None and worst >= Severity.MEDIUM:
+        return Verdict.SUSPICIOUS
+    return Verdict.SAFE
+
+
+@dataclass(frozen=True, slots=True)
+class FileResult:
+    """The outcome of scanning one file (with everything nested inside it)."""
+
+    path: str
+    format: str
+    verdict: Verdict
+    findings: tuple[Finding, ...]
+    complete: bool
+    bytes_read: int = 0
+    members: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "format": self.format,
+            "verdict": self.verdict.value,
+            "complete": self.complete,
+            "bytes_read": self.bytes_read,
+            "members": list(self.members),
+            "findings": [f.to_json() for f in self.findings],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ScanReport:
+    files: tuple[FileResult, ...]
+    seconds: float = 0.0
+
+    def count(self, verdict: Verdict) -> int:
+        return sum(1 for f in self.files if f.verdict is verdict)
+
+    @property
+    def has_error(self) -> bool:
+        return any(not f.complete for f in self.files)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "files": len(self.files),
+            **{v.value: self.count(v) for v in Verdict},
+            "findings": sum(len(f.findings) for f in self.files),
+            "seconds": round(self.seconds, 4),
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        return {"files": [f.to_json() for f in self.files], "summary": self.summary()}

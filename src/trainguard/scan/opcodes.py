@@ -1,0 +1,576 @@
+"""A symbolic run of the pickle machine: every global, call and mutation, nothing executed.
+
+``pickletools.genops`` decodes opcodes from a bounded ``Window``; this module keeps a model
+of the unpickler's stack and memo in which values are *descriptions* (a literal, a global
+reference, the result of calling something) rather than objects. That is enough to resolve
+each global exactly as ``Unpickler.find_class`` would (``STACK_GLOBAL`` operands from the
+memo, protocol-dependent dotted names, Python 2 import mappings, ``EXT`` codes), to see
+what is called with what, and to find pickles nested inside pickles.
+"""
+
+from __future__ import annotations
+
+import _compat_pickle
+import copyreg
+import pickletools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from trainguard.errors import LimitExceeded, ScanError
+from trainguard.findings import Rule, Severity
+from trainguard.scan.limits import Budget
+from trainguard.scan.uses import Use
+from trainguard.scan.window import Skipped, Window
+
+__all__ = ["GlobalUse", "PickleMachine", "StreamResult"]
+
+KEEP_ITEMS = 64
+"""Items of a container remembered for evidence and argument checks; the rest are counted."""
+
+_MARK = object()
+
+
+class Val:
+    __slots__ = ()
+
+
+class Lit(Val):
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        v = self.value
+        if isinstance(v, (bytes, str)) and len(v) > 80:
+            return repr(v[:80]) + f"...({len(v)})"
+        return repr(v)
+
+
+class GlobalRef(Val):
+    __slots__ = ("module", "name", "offset", "key")
+
+    def __init__(self, module: str, name: str, offset: int) -> None:
+        self.module = module
+        self.name = name
+        self.offset = offset
+        self.key = f"{module}.{name}"
+
+    def __repr__(self) -> str:
+        return self.key
+
+
+class Obj(Val):
+    """The result of calling or instantiating something."""
+
+    __slots__ = ("maker", "args", "offset", "state")
+
+    def __init__(self, maker: Val, args: Val | None, offset: int) -> None:
+        self.maker = maker
+        self.args = args
+        self.offset = offset
+        self.state: Val | None = None
+
+    def __repr__(self) -> str:
+        return f"{self.maker!r}(...)"
+
+
+class Seq(Val):
+    __slots__ = ("kind", "items", "count")
+
+    def __init__(self, kind: str, items: list[Val] | None = None) -> None:
+        self.kind = kind
+        self.items: list[Val] = []
+        self.count = 0
+        if items:
+            self.extend(items)
+
+    def extend(self, items: list[Val]) -> None:
+        room = KEEP_ITEMS - len(self.items)
+        if room > 0:
+            self.items.extend(items[:room])
+        self.count += len(items)
+
+    def __repr__(self) -> str:
+        inner = ", ".join(repr(i) for i in self.items[:8])
+        more = ", ..." if self.count > 8 else ""
+        return {"tuple": f"({inner}{more})", "list": f"[{inner}{more}]"}.get(
+            self.kind, f"{self.kind}[{inner}{more}]"
+        )
+
+
+class PersRef(Val):
+    __slots__ = ("pid",)
+
+    def __init__(self, pid: Val) -> None:
+        self.pid = pid
+
+    def __repr__(self) -> str:
+        return f"persistent_id({self.pid!r})"
+
+
+@dataclass
+class GlobalUse:
+    """Everything a stream does with one global, aggregated."""
+
+    module: str
+    name: str
+    raw: str
+    uses: Use = Use.REF
+    offsets: list[int] = field(default_factory=list)
+    opcodes: set[str] = field(default_factory=set)
+    count: int = 0
+    example_args: str | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.module}.{self.name}"
+
+
+@dataclass
+class StreamResult:
+    """What one pickle stream (up to its STOP) contained."""
+
+    start: int
+    end: int | None = None
+    protocol: int = 0
+    ops: int = 0
+    globals: dict[str, GlobalUse] = field(default_factory=dict)
+    value: Val | None = None
+    joblib_arrays: int = 0
+
+
+# A finding raised by the machine itself (not tied to the policy): rule, severity, message,
+# offset, evidence.
+Emit = Callable[[Rule, Severity, str, int, dict[str, Any]], None]
+Nested = Callable[[bytes | Skipped, int, str], None]
+Judge = Callable[[str, str], Use]
+
+_LIT_OPS = frozenset(
+    """INT BININT BININT1 BININT2 LONG LONG1 LONG4 FLOAT BINFLOAT STRING BINSTRING
+    SHORT_BINSTRING BINBYTES SHORT_BINBYTES BINBYTES8 BYTEARRAY8 UNICODE SHORT_BINUNICODE
+    BINUNICODE BINUNICODE8""".split()
+)
+_PROTO0_STARTS = frozenset(b"(cdl]}NIFLSVi)\x80KJM")
+
+
+def looks_like_pickle_start(byte: int) -> bool:
+    return byte in _PROTO0_STARTS
+
+
+def canonical_module(module: str, proto: int) -> str:
+    """The module name ``find_class`` really imports (Python 2 names mapped for proto < 3)."""
+    if proto < 3:
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+    return module
+
+
+class PickleMachine:
+    """Runs one pickle stream symbolically. Not reusable: one instance per stream."""
+
+    def __init__(
+        self,
+        win: Window,
+        budget: Budget,
+        *,
+        emit: Emit,
+        nested: Nested,
+        arg_uses: dict[str, dict[int, Use]],
+        loaders: frozenset[str],
+    ) -> None:
+        self.win = win
+        self.budget = budget
+        self.limits = budget.limits
+        self.emit = emit
+        self.nested = nested
+        self.arg_uses = arg_uses
+        self.loaders = loaders
+        self.stack: list[Any] = []
+        self.metastack: list[list[Any]] = []
+        self.memo: dict[int, Val] = {}
+        self.result = StreamResult(start=win.tell())
+
+    # -- helpers ------------------------------------------------------------------
+    def _pop(self, pos: int) -> Any:
+        if not self.stack:
+            raise ScanError("stack underflow (malformed pickle)", offset=pos)
+        return self.stack.pop()
+
+    def _top(self, pos: int) -> Any:
+        if not self.stack:
+            raise ScanError("stack underflow (malformed pickle)", offset=pos)
+        return self.stack[-1]
+
+    def _pop_mark(self, pos: int) -> list[Any]:
+        if not self.metastack:
+            raise ScanError("MARK expected but not found (malformed pickle)", offset=pos)
+        items = self.stack
+        self.stack = self.metastack.pop()
+        if any(i is _MARK for i in items):
+            raise ScanError("unexpected MARK on the stack", offset=pos)
+        return items
+
+    def _push(self, v: Any) -> None:
+        self.stack.append(v)
+        if len(self.stack) > self.limits.max_stack:
+            raise LimitExceeded(f"pickle stack deeper than {self.limits.max_stack}")
+
+    def _global(self, module: Any, name: Any, pos: int, opname: str) -> GlobalRef:
+        proto = self.result.protocol
+        if not (isinstance(module, str) and isinstance(name, str)):
+            raise ScanError("global name is not text", offset=pos)
+        raw = f"{module}.{name}"
+        if proto < 3 and (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        module = canonical_module(module, proto)
+        if proto < 4 and "." in name:
+            # find_class does getattr(module, "a.b"): fails after importing the module.
+            self.emit(
+                Rule.MALFORMED,
+                Severity.LOW,
+                f"dotted name {name!r} needs protocol 4; the loader imports {module} then fails",
+                pos,
+                {"global": raw},
+            )
+        ref = GlobalRef(module, name, pos)
+        self._record(ref, Use.REF, pos, opname, raw)
+        return ref
+
+    def _record(self, ref: GlobalRef, use: Use, pos: int, opname: str, raw: str | None = None) -> None:
+        g = self.result.globals.get(ref.key)
+        if g is None:
+            g = GlobalUse(ref.module, ref.name, raw or ref.key)
+            self.result.globals[ref.key] = g
+        g.uses |= use
+        g.count += 1
+        g.opcodes.add(opname)
+        if len(g.offsets) < 8:
+            g.offsets.append(pos)
+
+    def _apply(self, callee: Any, args: Any, pos: int, opname: str, use: Use) -> Obj:
+        """Something is called or instantiated: judge the callee, look into its arguments."""
+        if isinstance(callee, GlobalRef):
+            self._record(callee, use, pos, opname)
+            g = self.result.globals[callee.key]
+            if use is Use.CALL and g.example_args is None:
+                g.example_args = repr(args)[:300]
+            self._check_args(callee, args, pos, opname)
+        else:
+            self.emit(
+                Rule.CODE_EXECUTION,
+                Severity.CRITICAL,
+                f"{opname} calls a callable that was computed at load time ({callee!r}), "
+                "not named by a global: a gadget chain",
+                pos,
+                {"opcode": opname, "callable": repr(callee)[:300], "args": repr(args)[:300]},
+            )
+        return Obj(callee, args, pos)
+
+    def _check_args(self, callee: GlobalRef, args: Any, pos: int, opname: str) -> None:
+        items = args.items if isinstance(args, Seq) else []
+        extra = self.arg_uses.get(callee.key)
+        if extra:
+            for idx, use in extra.items():
+                if idx < len(items) and isinstance(items[idx], GlobalRef):
+                    self._record(items[idx], use, pos, opname)
+        if callee.key in self.loaders and items:
+            payload = items[0]
+            if isinstance(payload, Obj) and isinstance(payload.args, Seq) and payload.args.items:
+                payload = payload.args.items[0]  # io.BytesIO(b"...")
+            if isinstance(payload, Lit) and isinstance(payload.value, (bytes, bytearray)):
+                self.nested(payload.value, pos, callee.key)
+
+    def _build(self, target: Any, state: Any, pos: int) -> None:
+        if isinstance(target, GlobalRef):
+            self._record(target, Use.CALL, pos, "BUILD")
+            self.emit(
+                Rule.CODE_EXECUTION,
+                Severity.CRITICAL,
+                f"BUILD sets attributes on the global {target.key} itself (monkeypatching "
+                "a module or class at load time)",
+                pos,
+                {"global": target.key, "state": repr(state)[:300]},
+            )
+            return
+        if isinstance(target, Obj):
+            target.state = state
+            maker = target.maker
+            if isinstance(maker, GlobalRef) and maker.key == "joblib.numpy_pickle.NumpyArrayWrapper":
+                self._skip_joblib_array(state, pos)
+            return
+        if isinstance(target, (Lit, Seq, PersRef)):
+            raise ScanError("BUILD on a value that has no state (malformed pickle)", offset=pos)
+
+    def _skip_joblib_array(self, state: Any, pos: int) -> None:
+        """joblib writes array bytes (or a nested pickle for object arrays) right after BUILD."""
+        fields = _dict_items(state)
+        dtype = fields.get("dtype")
+        shape = fields.get("shape")
+        itemsize, has_object = _dtype_info(dtype)
+        self.result.joblib_arrays += 1
+        if has_object:
+            # joblib pickles object arrays as a separate protocol-2 pickle in the stream.
+            sub = PickleMachine(
+                self.win,
+                self.budget,
+                emit=self.emit,
+                nested=self.nested,
+                arg_uses=self.arg_uses,
+                loaders=self.loaders,
+            )
+            inner = sub.run()
+            self.result.ops += inner.ops
+            for key, g in inner.globals.items():
+                mine = self.result.globals.setdefault(key, g)
+                if mine is not g:
+                    mine.uses |= g.uses
+                    mine.count += g.count
+                    mine.opcodes |= g.opcodes
+                    mine.offsets.extend(g.offsets[: 8 - len(mine.offsets)])
+            return
+        dims = _int_items(shape)
+        if itemsize is None or dims is None:
+            raise ScanError("joblib array wrapper with a dtype or shape that cannot be read", offset=pos)
+        align = fields.get("numpy_array_alignment_bytes")
+        if isinstance(align, Lit) and align.value is not None:
+            pad = self.win.read(1)
+            if len(pad) != 1:
+                raise ScanError("joblib array padding truncated", offset=self.win.tell())
+            self.win.seek(pad[0], 1)
+        nbytes = itemsize
+        for d in dims:
+            nbytes *= d
+        if nbytes < 0 or nbytes > self.win.remaining:
+            raise ScanError(
+                f"joblib array of {nbytes} bytes runs past the end of the stream",
+                offset=self.win.tell(),
+            )
+        self.win.seek(nbytes, 1)
+
+    # -- the run --------------------------------------------------------------------
+    def run(self) -> StreamResult:
+        res = self.result
+        limits = self.limits
+        win = self.win
+        try:
+            for op, arg, pos in pickletools.genops(win):
+                res.ops += 1
+                if res.ops > limits.max_pickle_ops:
+                    raise LimitExceeded(f"more than {limits.max_pickle_ops} pickle opcodes", offset=pos)
+                if res.ops & 0xFFFF == 0:
+                    self.budget.check_time()
+                self._step(op.name, arg, pos or 0)
+                if op.name == "STOP":
+                    res.end = win.tell()
+                    break
+        except ScanError as exc:
+            if exc.offset is None:
+                exc.offset = win.tell()
+            raise
+        except (ValueError, KeyError, IndexError, TypeError, OverflowError, UnicodeError) as exc:
+            raise ScanError(f"malformed pickle: {exc}", offset=win.tell()) from None
+        return res
+
+    def _step(self, name: str, arg: Any, pos: int) -> None:  # noqa: C901 - a dispatch table
+        if name in _LIT_OPS:
+            self._push(Lit(arg))
+            return
+        st = self.stack
+        if name == "MARK":
+            self.metastack.append(st)
+            self.stack = []
+        elif name in ("NONE", "NEWTRUE", "NEWFALSE"):
+            self._push(Lit({"NONE": None, "NEWTRUE": True, "NEWFALSE": False}[name]))
+        elif name in ("EMPTY_LIST", "EMPTY_DICT", "EMPTY_SET", "EMPTY_TUPLE"):
+            self._push(Seq(name[6:].lower()))
+        elif name in ("BINPUT", "PUT", "LONG_BINPUT"):
+            self._memo_put(arg, pos)
+        elif name == "MEMOIZE":
+            self._memo_put(len(self.memo), pos)
+        elif name in ("BINGET", "GET", "LONG_BINGET"):
+            if arg not in self.memo:
+                raise ScanError(f"memo key {arg} was never stored", offset=pos)
+            self._push(self.memo[arg])
+        elif name == "GLOBAL":
+            module, _, gname = str(arg).partition(" ")
+            self._push(self._global(module, gname, pos, name))
+        elif name == "STACK_GLOBAL":
+            gname = self._pop(pos)
+            module = self._pop(pos)
+            if not (isinstance(module, Lit) and isinstance(gname, Lit)):
+                self.emit(
+                    Rule.CODE_EXECUTION,
+                    Severity.CRITICAL,
+                    "STACK_GLOBAL operands were computed at load time, not written as text",
+                    pos,
+                    {"module": repr(module)[:200], "name": repr(gname)[:200]},
+                )
+                self._push(Obj(Lit("<dynamic global>"), None, pos))
+            else:
+                self._push(self._global(module.value, gname.value, pos, name))
+        elif name == "REDUCE":
+            args = self._pop(pos)
+            callee = self._pop(pos)
+            self._push(self._apply(callee, args, pos, name, Use.CALL))
+        elif name == "BUILD":
+            state = self._pop(pos)
+            self._build(self._top(pos), state, pos)
+        elif name == "NEWOBJ":
+            args = self._pop(pos)
+            cls = self._pop(pos)
+            self._push(self._apply(cls, args, pos, name, Use.NEW))
+        elif name == "NEWOBJ_EX":
+            self._pop(pos)
+            args = self._pop(pos)
+            cls = self._pop(pos)
+            self._push(self._apply(cls, args, pos, name, Use.NEW))
+        elif name == "INST":
+            items = self._pop_mark(pos)
+            module, _, gname = str(arg).partition(" ")
+            ref = self._global(module, gname, pos, name)
+            use = Use.CALL if items else Use.NEW
+            self._push(self._apply(ref, Seq("tuple", items), pos, name, use))
+        elif name == "OBJ":
+            items = self._pop_mark(pos)
+            if not items:
+                raise ScanError("OBJ without a class", offset=pos)
+            use = Use.CALL if len(items) > 1 else Use.NEW
+            self._push(self._apply(items[0], Seq("tuple", items[1:]), pos, name, use))
+        elif name in ("TUPLE", "LIST", "FROZENSET"):
+            self._push(Seq(name.lower(), self._pop_mark(pos)))
+        elif name == "DICT":
+            self._push(Seq("dict", self._pop_mark(pos)))
+        elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
+            n = int(name[-1])
+            if len(st) < n:
+                raise ScanError("stack underflow (malformed pickle)", offset=pos)
+            items = st[-n:]
+            del st[-n:]
+            if any(i is _MARK for i in items):
+                raise ScanError("unexpected MARK on the stack", offset=pos)
+            self._push(Seq("tuple", items))
+        elif name in ("APPEND", "SETITEM", "ADDITEMS", "APPENDS", "SETITEMS"):
+            if name in ("APPEND", "SETITEM"):
+                items = [self._pop(pos) for _ in range(1 if name == "APPEND" else 2)][::-1]
+            else:
+                items = self._pop_mark(pos)
+            target = self._top(pos)
+            if isinstance(target, GlobalRef):
+                self._record(target, Use.CALL, pos, name)
+                self.emit(
+                    Rule.CODE_EXECUTION,
+                    Severity.CRITICAL,
+                    f"{name} mutates the global object {target.key} at load time",
+                    pos,
+                    {"global": target.key},
+                )
+            elif isinstance(target, Seq):
+                target.extend(items)
+            elif isinstance(target, Lit):
+                raise ScanError(f"{name} on a literal (malformed pickle)", offset=pos)
+        elif name == "POP":
+            if st and st[-1] is _MARK:
+                raise ScanError("POP of a MARK", offset=pos)
+            self._pop(pos)
+        elif name == "POP_MARK":
+            self._pop_mark(pos)
+        elif name == "DUP":
+            self._push(self._top(pos))
+        elif name in ("PERSID", "BINPERSID"):
+            pid = Lit(arg) if name == "PERSID" else self._pop(pos)
+            self._push(PersRef(pid))
+            if isinstance(pid, Seq):
+                for item in pid.items:
+                    if isinstance(item, GlobalRef):
+                        self._record(item, Use.NEW, pos, name)
+        elif name in ("EXT1", "EXT2", "EXT4"):
+            self._ext(int(arg), pos, name)
+        elif name == "PROTO":
+            self.result.protocol = int(arg)
+        elif name == "FRAME" or name == "READONLY_BUFFER":
+            pass
+        elif name == "NEXT_BUFFER":
+            self._push(Lit(None))
+        elif name == "STOP":
+            value = self._pop(pos)
+            if self.metastack:
+                raise ScanError("STOP inside an unclosed MARK", offset=pos)
+            self.result.value = value
+        else:  # pragma: no cover - genops knows no other opcodes
+            raise ScanError(f"unhandled opcode {name}", offset=pos)
+
+    def _memo_put(self, idx: Any, pos: int) -> None:
+        if not isinstance(idx, int) or idx < 0:
+            raise ScanError(f"bad memo index {idx!r}", offset=pos)
+        if idx not in self.memo and len(self.memo) >= self.limits.max_memo:
+            raise LimitExceeded(f"more than {self.limits.max_memo} memo entries", offset=pos)
+        top = self._top(pos)
+        if top is _MARK:
+            raise ScanError("memoizing a MARK", offset=pos)
+        self.memo[idx] = top
+
+    def _ext(self, code: int, pos: int, opname: str) -> None:
+        entry = copyreg._extension_registry.get(code)  # type: ignore[attr-defined]
+        desc = f"{entry[0]}.{entry[1]}" if entry else "nothing in this interpreter"
+        self.emit(
+            Rule.CODE_EXECUTION,
+            Severity.HIGH,
+            f"{opname} {code}: a global named only by a copyreg extension code, resolved at load "
+            f"time from the loader's registry (here: {desc}); no checkpoint writer emits this",
+            pos,
+            {"opcode": opname, "code": code, "resolves_here_to": desc},
+        )
+        if entry:
+            self._push(self._global(entry[0], entry[1], pos, opname))
+        else:
+            self._push(Obj(Lit(f"<extension {code}>"), None, pos))
+
+
+def _dict_items(state: Any) -> dict[str, Val]:
+    if isinstance(state, Seq) and state.kind == "dict":
+        it = state.items
+        out: dict[str, Val] = {}
+        for i in range(0, len(it) - 1, 2):
+            k = it[i]
+            if isinstance(k, Lit) and isinstance(k.value, str):
+                out[k.value] = it[i + 1]
+        return out
+    if isinstance(state, Seq) and state.kind == "tuple" and len(state.items) == 2:
+        merged = _dict_items(state.items[0])
+        merged.update(_dict_items(state.items[1]))
+        return merged
+    return {}
+
+
+def _int_items(v: Any) -> list[int] | None:
+    if not isinstance(v, Seq) or v.count != len(v.items):
+        return None
+    out = []
+    for i in v.items:
+        if not (isinstance(i, Lit) and isinstance(i.value, int)) or i.value < 0:
+            return None
+        out.append(i.value)
+    return out
+
+
+def _dtype_info(dtype: Any) -> tuple[int | None, bool]:
+    """(itemsize, has_object) from a symbolic ``numpy.dtype(str, ...)`` plus its BUILD state."""
+    if not (isinstance(dtype, Obj) and isinstance(dtype.args, Seq) and dtype.args.items):
+        return None, False
+    spec = dtype.args.items[0]
+    if not (isinstance(spec, Lit) and isinstance(spec.value, str)):
+        return None, False
+    text = spec.value
+    state = dtype.state.items if isinstance(dtype.state, Seq) else []
+    flags = state[7].value if len(state) > 7 and isinstance(state[7], Lit) else 0
+    if text.startswith("O") or (isinstance(flags, int) and flags & 1):
+        return 8, True
+    elsize = state[5].value if len(state) > 5 and isinstance(state[5], Lit) else -1
+    if isinstance(elsize, int) and elsize > 0:
+        return elsize, False
+    digits = "".join(ch for ch in text if ch.isdigit())
+    if not digits:
+        return None, False
+    size = int(digits)
+    return (size * 4 if text.lstrip("<>|=").startswith("U") else size), False

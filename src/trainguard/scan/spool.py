@@ -1,0 +1,111 @@
+"""Bounded decompression into a seekable spool, with bomb detection."""
+
+from __future__ import annotations
+
+import bz2
+import lzma
+import tempfile
+import zlib
+from collections.abc import Callable
+from typing import IO, Protocol
+
+from trainguard.errors import LimitExceeded, ScanError
+from trainguard.scan.limits import Budget
+
+__all__ = ["Decompressor", "decompress_to_spool", "new_decompressor"]
+
+CHUNK = 1 << 20
+SPOOL_IN_MEMORY = 64 << 20
+
+
+class Decompressor(Protocol):
+    def decompress(self, data: bytes, max_length: int = -1) -> bytes: ...
+
+
+class _Zlib:
+    """zlib/gzip/raw deflate behind the same ``decompress(data, max_length)`` call."""
+
+    def __init__(self, wbits: int) -> None:
+        self._d = zlib.decompressobj(wbits)
+
+    def decompress(self, data: bytes, max_length: int = -1) -> bytes:
+        data = self._d.unconsumed_tail + data
+        return self._d.decompress(data, max(max_length, 0))
+
+    @property
+    def needs_input(self) -> bool:
+        return not self._d.unconsumed_tail
+
+    @property
+    def eof(self) -> bool:
+        return self._d.eof
+
+
+def new_decompressor(kind: str) -> Decompressor:
+    if kind == "deflate":
+        return _Zlib(-15)
+    if kind == "zlib":
+        return _Zlib(15)
+    if kind == "gzip":
+        return _Zlib(31)
+    if kind == "bz2":
+        return bz2.BZ2Decompressor()
+    if kind in ("xz", "lzma"):
+        return lzma.LZMADecompressor()
+    if kind == "lz4":
+        try:
+            import lz4.frame
+        except ImportError:
+            raise ScanError("lz4-compressed data, and the lz4 package is not installed") from None
+        return lz4.frame.LZ4FrameDecompressor()  # type: ignore[no-any-return]
+    raise ScanError(f"unsupported compression {kind}")
+
+
+def decompress_to_spool(
+    read: Callable[[int], bytes],
+    kind: str,
+    budget: Budget,
+    *,
+    expected: int | None = None,
+    limit: int | None = None,
+) -> IO[bytes]:
+    """Stream ``read`` through a decompressor into a temporary file (memory up to 64 MiB).
+
+    Output is produced in bounded pieces (``max_length``), so a bomb is stopped at the limit
+    after writing at most one chunk past it, never fully inflated in memory.
+    """
+    dec = new_decompressor(kind)
+    limit = budget.limits.max_member_bytes if limit is None else limit
+    lim = budget.limits
+    spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)
+    produced = consumed = 0
+    try:
+        while not getattr(dec, "eof", False):
+            data = b""
+            if getattr(dec, "needs_input", True):
+                data = read(CHUNK)
+                if not data:
+                    break
+                consumed += len(data)
+            try:
+                out = dec.decompress(data, CHUNK)
+            except (OSError, EOFError, ValueError, RuntimeError, zlib.error, lzma.LZMAError) as exc:
+                raise ScanError(f"corrupt {kind} data: {exc}", offset=consumed) from None
+            spool.write(out)
+            produced += len(out)
+            budget.add_decompressed(len(out))
+            if produced > limit:
+                raise LimitExceeded(f"{kind} data inflates past {limit} bytes (bomb?)")
+            if produced > lim.ratio_floor and produced > lim.max_ratio * max(consumed, 1):
+                raise LimitExceeded(
+                    f"{kind} data inflates more than {lim.max_ratio}:1 (decompression bomb?)"
+                )
+            budget.check_time()
+    except BaseException:
+        spool.close()
+        raise
+    if expected is not None and produced != expected:
+        spool.close()
+        raise ScanError(f"{kind} data inflates to {produced} bytes, header says {expected}")
+    spool.seek(0)
+    return spool  # type: ignore[return-value]
