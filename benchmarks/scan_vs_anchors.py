@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import os
 import re
@@ -313,7 +314,8 @@ def one_file(path):
                 return "error", "zip without pickle members"
         else:
             results = [fickling.scan_file(path, graceful=True)]
-        worst = max((r.severity for sr in results for r in sr.results), default=Severity.LIKELY_SAFE)
+        severities = [r.severity for sr in results for r in sr.results]
+        worst = max(severities, default=Severity.LIKELY_SAFE)
         errors = [e for sr in results for e in sr.errors]
         if worst > Severity.LIKELY_SAFE:
             return "flagged", worst.name
@@ -370,15 +372,14 @@ def snippet_tool(
     env_extra: dict[str, str] | None = None,
 ) -> Tool:
     def scan(path: Path, timeout: float) -> Outcome:
-        p = run_proc(
-            [str(python), "-c", snippet, mode, str(path)], timeout, env_extra=env_extra
-        )
+        p = run_proc([str(python), "-c", snippet, mode, str(path)], timeout, env_extra=env_extra)
         if p.rc is None:
             return timeout_outcome(p)
-        data = last_json(p.stdout)
-        if data is None or data.get("verdict") not in ("flagged", "clean", "error"):
+        data = last_json(p.stdout) or {}
+        known: dict[object, Verdict] = {"flagged": "flagged", "clean": "clean", "error": "error"}
+        verdict = known.get(data.get("verdict"))
+        if verdict is None:
             return Outcome("error", f"rc={p.rc} {last_line(p.stderr)}", p.seconds)
-        verdict: Verdict = data["verdict"]  # type: ignore[assignment]
         return Outcome(verdict, str(data.get("detail", "")), p.seconds)
 
     return Tool(name, scan, takes_dirs=True, rule=rule)
@@ -408,6 +409,18 @@ def fickling_ml_tool(python: Path) -> Tool:
     )
 
 
+def modelaudit_why(data: dict[str, object] | None, p: Proc) -> str:
+    """Best short reason for a modelaudit rc 2 (its stderr is mostly log noise)."""
+    if data is None:
+        return last_line(p.stderr) or last_line(p.stdout) or "no JSON report"
+    issues = data.get("issues")
+    if isinstance(issues, list) and issues and isinstance(issues[0], dict):
+        first = issues[0]
+        return f"{first.get('severity')}: {str(first.get('message', ''))[:110]}"
+    bits = [f"{k}={data.get(k)}" for k in ("has_errors", "success", "files_scanned")]
+    return " ".join(bits)
+
+
 def modelaudit_tool(bindir: Path) -> Tool:
     exe = bindir / "modelaudit"
 
@@ -432,21 +445,14 @@ def modelaudit_tool(bindir: Path) -> Tool:
         serious = [
             i
             for i in (issues if isinstance(issues, list) else [])
-            if isinstance(i, dict)
-            and str(i.get("severity", "")).lower() in ("warning", "critical")
+            if isinstance(i, dict) and str(i.get("severity", "")).lower() in ("warning", "critical")
         ]
         if p.rc == 1 or serious:
             top = str(serious[0].get("message", ""))[:100] if serious else ""
-            return Outcome(
-                "flagged", f"rc={p.rc} {len(serious)} warn/crit: {top}", p.seconds
-            )
+            return Outcome("flagged", f"rc={p.rc} {len(serious)} warn/crit: {top}", p.seconds)
         if p.rc == 0:
             return Outcome("clean", "rc=0", p.seconds)
-        return Outcome(
-            "error",
-            f"rc={p.rc} {last_line(p.stderr) or last_line(p.stdout)}",
-            p.seconds,
-        )
+        return Outcome("error", f"rc={p.rc} {modelaudit_why(data, p)}", p.seconds)
 
     return Tool(
         "modelaudit",
@@ -498,9 +504,7 @@ def trainguard_tools(cli: Path | None) -> tuple[list[Tool], list[str]]:
     notes: list[str] = []
     python = Path(sys.executable)
     env = trainguard_env()
-    probe = run_proc(
-        [str(python), "-c", TRAINGUARD_SNIPPET, "api", "--probe"], 120, env_extra=env
-    )
+    probe = run_proc([str(python), "-c", TRAINGUARD_SNIPPET, "api", "--probe"], 120, env_extra=env)
     info = last_json(probe.stdout) or {}
     if probe.rc == 0 and info.get("ok"):
         tools.append(
@@ -528,7 +532,8 @@ def trainguard_tools(cli: Path | None) -> tuple[list[Tool], list[str]]:
             )
             if p.rc is None:
                 return timeout_outcome(p)
-            verdict: Verdict = {0: "clean", 1: "flagged"}.get(p.rc, "error")  # type: ignore[assignment]
+            by_rc: dict[int, Verdict] = {0: "clean", 1: "flagged"}
+            verdict = by_rc.get(p.rc, "error")
             return Outcome(verdict, f"rc={p.rc}", p.seconds)
 
         tools.append(
@@ -536,14 +541,11 @@ def trainguard_tools(cli: Path | None) -> tuple[list[Tool], list[str]]:
                 "trainguard-cli",
                 scan,
                 takes_dirs=True,
-                rule="`trainguard scan --format json PATH`: rc 0 clean, 1 flagged, "
-                "else error.",
+                rule="`trainguard scan --format json PATH`: rc 0 clean, 1 flagged, else error.",
             )
         )
     else:
-        notes.append(
-            f"trainguard-cli skipped: {exe} does not exist (pip install -e .?)"
-        )
+        notes.append(f"trainguard-cli skipped: {exe} does not exist (pip install -e .?)")
     return tools, notes
 
 
@@ -562,19 +564,19 @@ def scan_case(tool: Tool, path: Path, timeout: float) -> Outcome:
         return tool.scan(path, timeout)
     outs = [(f, tool.scan(f, timeout)) for f in files_under(path)]
     total = sum(o.seconds for _, o in outs)
-    for verdict in ("flagged", "error"):
+    worst_first: tuple[Verdict, ...] = ("flagged", "error")
+    for verdict in worst_first:
         hit = [(f, o) for f, o in outs if o.verdict == verdict]
         if hit:
             f, o = hit[0]
-            return Outcome(verdict, f"{f.name}: {o.detail}", total)  # type: ignore[arg-type]
+            return Outcome(verdict, f"{f.name}: {o.detail}", total)
     return Outcome("clean", f"{len(outs)} files clean", total)
 
 
 def load_cases(module_dir: Path, root: Path) -> list[CaseLike]:
     sys.path.insert(0, str(module_dir))
-    from corpus import build_corpus  # type: ignore[import-not-found]
-
-    return list(build_corpus(root))
+    corpus = importlib.import_module("corpus")
+    return list(corpus.build_corpus(root))
 
 
 def pct(n: int, d: int) -> str:
@@ -619,31 +621,18 @@ def print_details(tools: list[Tool], rows: list[Row]) -> None:
             f"{'F.E'[('flagged', 'clean', 'error').index(r.outcomes[t.name].verdict)]:>14}"
             for t in tools
         )
-        print(
-            f"  {r.case.name:<{width}} {'yes' if r.case.malicious else 'no ':<4} {marks}"
-        )
+        print(f"  {r.case.name:<{width}} {'yes' if r.case.malicious else 'no ':<4} {marks}")
     print("\nMissed malicious techniques per tool (case: verdict, detail):")
     for t in tools:
-        missed = [
-            r
-            for r in rows
-            if r.case.malicious and r.outcomes[t.name].verdict != "flagged"
-        ]
+        missed = [r for r in rows if r.case.malicious and r.outcomes[t.name].verdict != "flagged"]
         print(f"  {t.name}: {len(missed)} missed")
         for r in missed:
             o = r.outcomes[t.name]
             print(f"    - {r.case.technique} ({r.case.name}: {o.verdict}, {o.detail})")
     print("\nBenign false alarms / errors per tool:")
     for t in tools:
-        bad = [
-            r
-            for r in rows
-            if not r.case.malicious and r.outcomes[t.name].verdict != "clean"
-        ]
-        names = (
-            ", ".join(f"{r.case.name}={r.outcomes[t.name].verdict}" for r in bad)
-            or "none"
-        )
+        bad = [r for r in rows if not r.case.malicious and r.outcomes[t.name].verdict != "clean"]
+        names = ", ".join(f"{r.case.name}={r.outcomes[t.name].verdict}" for r in bad) or "none"
         print(f"  {t.name}: {names}")
 
 
@@ -676,9 +665,7 @@ def make_small_checkpoints(folder: Path, count: int) -> None:
 
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(count):
-        torch.save(
-            {"w": torch.randn(8, 8), "b": torch.randn(8)}, folder / f"ckpt_{i:04d}.pt"
-        )
+        torch.save({"w": torch.randn(8, 8), "b": torch.randn(8)}, folder / f"ckpt_{i:04d}.pt")
 
 
 def warm_cache(path: Path) -> None:
@@ -689,18 +676,14 @@ def warm_cache(path: Path) -> None:
 
 
 def print_timings(title: str, results: dict[str, Outcome]) -> None:
-    ref_name = next(
-        (n for n in ("trainguard-cli", "trainguard-api") if n in results), None
-    )
+    ref_name = next((n for n in ("trainguard-cli", "trainguard-api") if n in results), None)
     ref = results[ref_name].seconds if ref_name else None
     print(f"\n{title}")
     suffix = f"x {ref_name}" if ref_name else "(no trainguard: no ratio)"
     print(f"  {'tool':<15} {'seconds':>9} {'ratio':>7}  {suffix:<16} verdict/detail")
     for name, o in results.items():
         ratio = f"{o.seconds / ref:.2f}" if ref else "-"
-        print(
-            f"  {name:<15} {o.seconds:>9.2f} {ratio:>7}  {'':<16} {o.verdict}: {o.detail[:70]}"
-        )
+        print(f"  {name:<15} {o.seconds:>9.2f} {ratio:>7}  {'':<16} {o.verdict}: {o.detail[:70]}")
 
 
 def run_big(
@@ -712,9 +695,7 @@ def run_big(
     count: int,
 ) -> None:
     big = tmp / "big.pt"
-    print(
-        f"\n--big: writing {tensors} x {numel} float32 tensors to {big} ...", flush=True
-    )
+    print(f"\n--big: writing {tensors} x {numel} float32 tensors to {big} ...", flush=True)
     start = time.perf_counter()
     make_big_checkpoint(big, tensors, numel)
     print(
@@ -790,12 +771,8 @@ def build_tools(
     ]
     for package, make, exe in factories:
         tool = make()
-        if versions.get(package, "missing") == "missing" or (
-            exe is not None and not exe.exists()
-        ):
-            notes.append(
-                f"{tool.name} skipped: {package} not installed in {anchors_python}"
-            )
+        if versions.get(package, "missing") == "missing" or (exe is not None and not exe.exists()):
+            notes.append(f"{tool.name} skipped: {package} not installed in {anchors_python}")
         else:
             tools.append(tool)
     tg, tg_notes = trainguard_tools(trainguard_cli)
@@ -892,7 +869,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             cases = load_cases(module_dir, root)
             n_mal = sum(c.malicious for c in cases)
             print(
-                f"\nCorpus: {len(cases)} cases ({n_mal} malicious, {len(cases) - n_mal} benign) under {root}"
+                f"\nCorpus: {len(cases)} cases ({n_mal} malicious, "
+                f"{len(cases) - n_mal} benign) under {root}"
             )
             rows = run_corpus(tools, cases, args.timeout)
             print()

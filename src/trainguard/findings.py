@@ -58,7 +58,7 @@ class Severity(enum.IntEnum):
         return {0: "0.0", 1: "2.0", 2: "5.0", 3: "8.0", 4: "9.8"}[int(self)]
 
 
-class Rule(str, enum.Enum):
+class Rule(enum.StrEnum):
     """Stable rule / alert ids. Users script against these strings; never rename one."""
 
     CODE_EXECUTION = "scan.code_execution"
@@ -76,7 +76,7 @@ class Rule(str, enum.Enum):
         return self.value
 
 
-class Verdict(str, enum.Enum):
+class Verdict(enum.StrEnum):
     """Per-file verdict. ``error`` means the file could not be judged completely."""
 
     SAFE = "safe"

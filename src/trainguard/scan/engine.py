@@ -17,7 +17,7 @@ from trainguard.findings import FileResult, Finding, Location, Rule, Severity, v
 from trainguard.scan import allowlists
 from trainguard.scan.limits import Budget, Limits
 from trainguard.scan.opcodes import PickleMachine, StreamResult
-from trainguard.scan.policy import Policy, Status
+from trainguard.scan.policy import Policy, Status, canonical
 from trainguard.scan.uses import Use
 from trainguard.scan.window import Skipped, Window
 
@@ -161,8 +161,10 @@ class FileScan:
             if j.status is Status.SAFE:
                 continue
             worst = g.uses.worst
+            name = ".".join(canonical(g.module, g.name))
+            shown = name if g.raw == name else f"{name} (written {g.raw})"
             evidence = {
-                "global": g.key,
+                "global": name,
                 "as_written": g.raw,
                 "use": worst.label,
                 "opcodes": sorted(g.opcodes),
@@ -178,7 +180,7 @@ class FileScan:
                 self.add(
                     Rule.CODE_EXECUTION,
                     Severity.CRITICAL,
-                    f"{g.key} ({worst.label}): {j.reason}",
+                    f"{shown} ({worst.label}): {j.reason}",
                     member,
                     offset,
                     evidence,
@@ -192,13 +194,13 @@ class FileScan:
                     f"allowlist entry {exp.pattern} ({exp.source}) expired on {exp.expires}",
                     member,
                     offset,
-                    {"global": g.key, "entry": exp.to_json()},
+                    {"global": name, "entry": exp.to_json()},
                 )
             sev = Severity.HIGH if worst is Use.CALL else Severity.MEDIUM
             self.add(
                 Rule.UNKNOWN_GLOBAL,
                 sev,
-                f"{g.key} is not allowlisted ({worst.label}): {j.reason}",
+                f"{shown} is not allowlisted ({worst.label}): {j.reason}",
                 member,
                 offset,
                 evidence,

@@ -20,6 +20,7 @@ from typing import Any
 from trainguard.errors import LimitExceeded, ScanError
 from trainguard.findings import Rule, Severity
 from trainguard.scan.limits import Budget
+from trainguard.scan.policy import canonical
 from trainguard.scan.uses import Use
 from trainguard.scan.window import Skipped, Window
 
@@ -49,7 +50,7 @@ class Lit(Val):
 
 
 class GlobalRef(Val):
-    __slots__ = ("module", "name", "offset", "key")
+    __slots__ = ("key", "module", "name", "offset")
 
     def __init__(self, module: str, name: str, offset: int) -> None:
         self.module = module
@@ -64,7 +65,7 @@ class GlobalRef(Val):
 class Obj(Val):
     """The result of calling or instantiating something."""
 
-    __slots__ = ("maker", "args", "offset", "state")
+    __slots__ = ("args", "maker", "offset", "state")
 
     def __init__(self, maker: Val, args: Val | None, offset: int) -> None:
         self.maker = maker
@@ -77,7 +78,7 @@ class Obj(Val):
 
 
 class Seq(Val):
-    __slots__ = ("kind", "items", "count")
+    __slots__ = ("count", "items", "kind")
 
     def __init__(self, kind: str, items: list[Val] | None = None) -> None:
         self.kind = kind
@@ -148,9 +149,28 @@ Nested = Callable[[bytes | Skipped, int, str], None]
 Judge = Callable[[str, str], Use]
 
 _LIT_OPS = frozenset(
-    """INT BININT BININT1 BININT2 LONG LONG1 LONG4 FLOAT BINFLOAT STRING BINSTRING
-    SHORT_BINSTRING BINBYTES SHORT_BINBYTES BINBYTES8 BYTEARRAY8 UNICODE SHORT_BINUNICODE
-    BINUNICODE BINUNICODE8""".split()
+    [
+        "INT",
+        "BININT",
+        "BININT1",
+        "BININT2",
+        "LONG",
+        "LONG1",
+        "LONG4",
+        "FLOAT",
+        "BINFLOAT",
+        "STRING",
+        "BINSTRING",
+        "SHORT_BINSTRING",
+        "BINBYTES",
+        "SHORT_BINBYTES",
+        "BINBYTES8",
+        "BYTEARRAY8",
+        "UNICODE",
+        "SHORT_BINUNICODE",
+        "BINUNICODE",
+        "BINUNICODE8",
+    ]
 )
 _PROTO0_STARTS = frozenset(b"(cdl]}NIFLSVi)\x80KJM")
 
@@ -237,7 +257,9 @@ class PickleMachine:
         self._record(ref, Use.REF, pos, opname, raw)
         return ref
 
-    def _record(self, ref: GlobalRef, use: Use, pos: int, opname: str, raw: str | None = None) -> None:
+    def _record(
+        self, ref: GlobalRef, use: Use, pos: int, opname: str, raw: str | None = None
+    ) -> None:
         g = self.result.globals.get(ref.key)
         if g is None:
             g = GlobalUse(ref.module, ref.name, raw or ref.key)
@@ -269,17 +291,20 @@ class PickleMachine:
 
     def _check_args(self, callee: GlobalRef, args: Any, pos: int, opname: str) -> None:
         items = args.items if isinstance(args, Seq) else []
-        extra = self.arg_uses.get(callee.key)
+        key = ".".join(canonical(callee.module, callee.name))
+        extra = self.arg_uses.get(key)
         if extra:
             for idx, use in extra.items():
-                if idx < len(items) and isinstance(items[idx], GlobalRef):
-                    self._record(items[idx], use, pos, opname)
-        if callee.key in self.loaders and items:
+                item = items[idx] if idx < len(items) else None
+                if isinstance(item, GlobalRef):
+                    self._record(item, use, pos, opname)
+        if key in self.loaders and items:
             payload = items[0]
             if isinstance(payload, Obj) and isinstance(payload.args, Seq) and payload.args.items:
                 payload = payload.args.items[0]  # io.BytesIO(b"...")
             if isinstance(payload, Lit) and isinstance(payload.value, (bytes, bytearray)):
-                self.nested(payload.value, pos, callee.key)
+                blob = payload.value
+                self.nested(blob if isinstance(blob, Skipped) else bytes(blob), pos, key)
 
     def _build(self, target: Any, state: Any, pos: int) -> None:
         if isinstance(target, GlobalRef):
@@ -296,7 +321,10 @@ class PickleMachine:
         if isinstance(target, Obj):
             target.state = state
             maker = target.maker
-            if isinstance(maker, GlobalRef) and maker.key == "joblib.numpy_pickle.NumpyArrayWrapper":
+            if (
+                isinstance(maker, GlobalRef)
+                and maker.key == "joblib.numpy_pickle.NumpyArrayWrapper"
+            ):
                 self._skip_joblib_array(state, pos)
             return
         if isinstance(target, (Lit, Seq, PersRef)):
@@ -331,7 +359,9 @@ class PickleMachine:
             return
         dims = _int_items(shape)
         if itemsize is None or dims is None:
-            raise ScanError("joblib array wrapper with a dtype or shape that cannot be read", offset=pos)
+            raise ScanError(
+                "joblib array wrapper with a dtype or shape that cannot be read", offset=pos
+            )
         align = fields.get("numpy_array_alignment_bytes")
         if isinstance(align, Lit) and align.value is not None:
             pad = self.win.read(1)
@@ -354,10 +384,12 @@ class PickleMachine:
         limits = self.limits
         win = self.win
         try:
-            for op, arg, pos in pickletools.genops(win):
+            for op, arg, pos in pickletools.genops(win):  # type: ignore[arg-type]
                 res.ops += 1
                 if res.ops > limits.max_pickle_ops:
-                    raise LimitExceeded(f"more than {limits.max_pickle_ops} pickle opcodes", offset=pos)
+                    raise LimitExceeded(
+                        f"more than {limits.max_pickle_ops} pickle opcodes", offset=pos
+                    )
                 if res.ops & 0xFFFF == 0:
                     self.budget.check_time()
                 self._step(op.name, arg, pos or 0)
@@ -372,7 +404,7 @@ class PickleMachine:
             raise ScanError(f"malformed pickle: {exc}", offset=win.tell()) from None
         return res
 
-    def _step(self, name: str, arg: Any, pos: int) -> None:  # noqa: C901 - a dispatch table
+    def _step(self, name: str, arg: Any, pos: int) -> None:
         if name in _LIT_OPS:
             self._push(Lit(arg))
             return

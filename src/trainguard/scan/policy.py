@@ -34,7 +34,7 @@ _CLASS_NAME = re.compile(r"_?[A-Z][A-Za-z0-9_]*\Z")
 _USE_NAMES = {"ref": Use.REF, "new": Use.NEW, "call": Use.CALL}
 
 
-class Status(str, enum.Enum):
+class Status(enum.StrEnum):
     SAFE = "safe"
     DANGEROUS = "dangerous"
     UNKNOWN = "unknown"
@@ -169,8 +169,10 @@ class Policy:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read policy {path}: {exc}") from exc
-        section = data.get("tool", {}).get("trainguard", data) if path.name == "pyproject.toml" else data
-        section = section.get("tool", {}).get("trainguard", section)
+        tool = data.get("tool", {})
+        section = tool["trainguard"] if isinstance(tool, dict) and "trainguard" in tool else data
+        if not isinstance(section, dict):
+            raise ConfigError(f"{path}: [tool.trainguard] must be a table")
         return cls(parse_entries(section.get("allow", []), str(path)))
 
     @classmethod
@@ -220,7 +222,9 @@ def parse_entries(raw: Any, source: str) -> list[AllowEntry]:
         if expires is not None and not isinstance(expires, _dt.date):
             raise ConfigError(f"{where}: 'expires' must be a date")
         digest = item.get("sha256")
-        if digest is not None and not (isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest)):
+        if digest is not None and not (
+            isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest)
+        ):
             raise ConfigError(f"{where}: 'sha256' must be 64 lowercase hex digits")
         entries.append(AllowEntry(pattern, uses, reason.strip(), source, expires, digest))
     return entries

@@ -146,7 +146,9 @@ class Window(io.RawIOBase):
             if nl >= 0:
                 return b"".join(chunks)
             if total > cap:
-                raise LimitExceeded(f"text line longer than {self.max_line} bytes", offset=self._pos)
+                raise LimitExceeded(
+                    f"text line longer than {self.max_line} bytes", offset=self._pos
+                )
         return b"".join(chunks)
 
     def peek_at(self, offset: int, size: int) -> bytes:

@@ -30,9 +30,7 @@ def _has_object(descr: Any) -> bool:
     if isinstance(descr, str):
         return descr.lstrip("<>|=").startswith("O")
     if isinstance(descr, list):
-        return any(
-            isinstance(f, tuple) and len(f) >= 2 and _has_object(f[1]) for f in descr
-        )
+        return any(isinstance(f, tuple) and len(f) >= 2 and _has_object(f[1]) for f in descr)
     return True  # an unreadable description cannot be ruled out
 
 
@@ -57,7 +55,9 @@ def scan(ctx: FileScan, win: Window, member: str | None, depth: int, top: bool) 
     try:
         header = ast.literal_eval(text.strip())
     except (ValueError, SyntaxError, MemoryError, RecursionError) as exc:
-        raise ScanError(f"npy header is not a literal: {exc}", member=member, offset=start) from None
+        raise ScanError(
+            f"npy header is not a literal: {exc}", member=member, offset=start
+        ) from None
     if not isinstance(header, dict) or not {"descr", "shape"} <= header.keys():
         raise ScanError("npy header lacks descr/shape", member=member, offset=start)
     data = win.sub(start + hlen, len(win) - start - hlen)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pickletools
 from typing import TYPE_CHECKING
 
-from trainguard.errors import ScanError
+from trainguard.errors import LimitExceeded, ScanError
 from trainguard.findings import Rule, Severity
 from trainguard.scan.opcodes import Lit, StreamResult, looks_like_pickle_start
 
@@ -27,21 +27,24 @@ MAX_STREAMS = 10_000
 def sniff(head: bytes, win: Window) -> str | None:
     if head[0] == 0x80 and len(head) > 1 and head[1] <= 5:
         return "pickle"
-    if looks_like_pickle_start(head[0]) and parses_a_while(head):
+    if looks_like_pickle_start(head[0]) and parses_a_while(win.sub(0, len(win))):
         return "pickle"
     return None
 
 
-def parses_a_while(head: bytes, ops: int = 3) -> bool:
-    """True when the first bytes decode as pickle opcodes (protocol 0/1 have no magic)."""
-    import io
+def parses_a_while(win: Window, ops: int = 3) -> bool:
+    """True when the first opcodes decode (protocol 0/1 pickles have no magic number).
 
+    A line too long for the reader still counts: ``pickle.load`` would read it.
+    """
     n = 0
     try:
-        for op, _arg, _pos in pickletools.genops(io.BytesIO(head)):
+        for op, _arg, _pos in pickletools.genops(win):  # type: ignore[arg-type]
             n += 1
             if op.name == "STOP" or n >= ops:
                 return True
+    except LimitExceeded:
+        return True
     except Exception:  # noqa: BLE001 - any decode failure means "not a pickle here"
         return False
     return False
@@ -59,7 +62,8 @@ def scan(ctx: FileScan, win: Window, member: str | None, depth: int, top: bool) 
         start = win.tell()
         nxt = win.peek_at(start, 2)
         if wanted is None and not (
-            nxt[:1] == b"\x80" or (looks_like_pickle_start(nxt[0]) and parses_a_while(win.peek_at(start, 256)))
+            nxt[:1] == b"\x80"
+            or (looks_like_pickle_start(nxt[0]) and parses_a_while(win.sub(start, win.remaining)))
         ):
             break
         if streams >= MAX_STREAMS:
@@ -95,7 +99,6 @@ def scan(ctx: FileScan, win: Window, member: str | None, depth: int, top: bool) 
             member,
             win.tell(),
         )
-
 
 
 def _kind(first: StreamResult, wanted: int | None) -> str:

@@ -97,10 +97,14 @@ def _problems(header: dict[str, Any], buffer: int) -> list[tuple[str, dict[str, 
         nbytes = (nbytes + 7) // 8
         ev = {"tensor": name, "shape": shape[:16], "dtype": dtype, "data_offsets": offs}
         if not 0 <= begin <= end <= buffer:
-            out.append((f"tensor {name!r}: bytes {begin}..{end} outside the {buffer}-byte buffer", ev))
+            out.append(
+                (f"tensor {name!r}: bytes {begin}..{end} outside the {buffer}-byte buffer", ev)
+            )
             continue
         if end - begin != nbytes:
-            out.append((f"tensor {name!r}: shape needs {nbytes} bytes, range holds {end - begin}", ev))
+            out.append(
+                (f"tensor {name!r}: shape needs {nbytes} bytes, range holds {end - begin}", ev)
+            )
         ranges.append((begin, end, name))
     ranges.sort()
     pos = 0

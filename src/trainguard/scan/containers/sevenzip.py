@@ -34,7 +34,7 @@ def scan(ctx: FileScan, win: Window, member: str | None, depth: int, top: bool) 
         ) from None
     win.seek(0)
     try:
-        with py7zr.SevenZipFile(io.BufferedReader(win), mode="r") as archive:  # type: ignore[arg-type]
+        with py7zr.SevenZipFile(io.BufferedReader(win), mode="r") as archive:
             infos = [i for i in archive.list() if not i.is_directory]
             total = sum(i.uncompressed or 0 for i in infos)
             if len(infos) > ctx.limits.max_members:

@@ -45,12 +45,14 @@ def sniff(head: bytes, win: Window) -> str | None:
 def scan(ctx: FileScan, win: Window, member: str | None, depth: int, top: bool) -> None:
     try:
         win.seek(0)
-        tf = tarfile.open(fileobj=win, mode="r:")  # type: ignore[call-overload]
+        tf = tarfile.open(fileobj=win, mode="r:")  # noqa: SIM115 - only headers are read
         infos = []
         for info in tf:
             infos.append(info)
             if len(infos) > ctx.limits.max_members:
-                raise LimitExceeded(f"more than {ctx.limits.max_members} tar members", member=member)
+                raise LimitExceeded(
+                    f"more than {ctx.limits.max_members} tar members", member=member
+                )
     except tarfile.TarError as exc:
         raise ScanError(f"unreadable tar: {exc}", member=member) from None
     names = {i.name for i in infos}
@@ -112,7 +114,9 @@ def _legacy_records(ctx: FileScan, win: Window, name: str, depth: int, kind: str
                 raise ScanError("storage size truncated", offset=win.tell())
             (numel,) = struct.unpack("<q", raw)
             if numel < 0 or numel * size > win.remaining:
-                raise ScanError(f"storage of {numel} elements runs past the member", offset=win.tell())
+                raise ScanError(
+                    f"storage of {numel} elements runs past the member", offset=win.tell()
+                )
             win.seek(numel * size, 1)
         else:
             raw = win.read(8)

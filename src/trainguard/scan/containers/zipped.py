@@ -57,7 +57,10 @@ def open_member(ctx: FileScan, win: Window, info: zipfile.ZipInfo) -> Window:
     if flags & 0x1:
         raise ScanError("member is encrypted and cannot be read", member=info.filename)
     local_name = win.peek_at(info.header_offset + _LOCAL.size, nlen)
-    if local_name.decode("utf-8", "replace") != info.filename and local_name.decode("cp437", "replace") != info.filename:
+    if (
+        local_name.decode("utf-8", "replace") != info.filename
+        and local_name.decode("cp437", "replace") != info.filename
+    ):
         ctx.add(
             Rule.CONTAINER_ANOMALY,
             Severity.MEDIUM,
@@ -74,7 +77,9 @@ def open_member(ctx: FileScan, win: Window, info: zipfile.ZipInfo) -> Window:
     if method is None:
         return win.sub(start, info.compress_size)
     if method == "?":
-        raise ScanError(f"unsupported compression method {info.compress_type}", member=info.filename)
+        raise ScanError(
+            f"unsupported compression method {info.compress_type}", member=info.filename
+        )
     if info.file_size > ctx.limits.max_member_bytes:
         raise LimitExceeded(f"member declares {info.file_size} bytes", member=info.filename)
     src = win.sub(start, info.compress_size)
@@ -167,7 +172,12 @@ def _check_names(ctx: FileScan, names: list[str], member: str | None) -> None:
                 {"name": n},
             )
         seen.add(n)
-        if n.startswith(("/", "\\")) or ".." in n.replace("\\", "/").split("/") or "\x00" in n or len(n) > 4096:
+        if (
+            n.startswith(("/", "\\"))
+            or ".." in n.replace("\\", "/").split("/")
+            or "\x00" in n
+            or len(n) > 4096
+        ):
             ctx.add(
                 Rule.PATH_TRAVERSAL,
                 Severity.MEDIUM,

@@ -1,0 +1,41 @@
+"""Hand assembly of pickle opcode streams for tests (nothing here is ever unpickled)."""
+
+from __future__ import annotations
+
+import struct
+
+
+def s1(text: str) -> bytes:
+    """SHORT_BINUNICODE."""
+    raw = text.encode()
+    return b"\x8c" + bytes([len(raw)]) + raw
+
+
+def proto(n: int) -> bytes:
+    return b"\x80" + bytes([n])
+
+
+def glob(module: str, name: str) -> bytes:
+    """Protocol-0 GLOBAL opcode."""
+    return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
+
+
+def stack_glob(module: str, name: str) -> bytes:
+    return s1(module) + s1(name) + b"\x93"
+
+
+def call(callee: bytes, *args: bytes) -> bytes:
+    """callee (already on the stack as bytes) applied to a tuple of args via REDUCE."""
+    return callee + b"(" + b"".join(args) + b"tR"
+
+
+def binbytes(data: bytes) -> bytes:
+    return b"B" + struct.pack("<I", len(data)) + data
+
+
+def marker_cmd(path: str) -> bytes:
+    return s1(f"touch {path}")
+
+
+def system_call(marker: str, module: str = "os", protocol: int = 2) -> bytes:
+    return proto(protocol) + call(glob(module, "system"), marker_cmd(marker)) + b"."
