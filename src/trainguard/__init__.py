@@ -4,8 +4,6 @@ The public API is re-exported here; importing ``trainguard`` never imports torch
 the command line.
 """
 
-from __future__ import annotations
-
 from trainguard.errors import (
     ConfigError,
     IntegrityError,

@@ -1,0 +1,94 @@
+"""The command line: exit codes, JSON shape, SARIF validity, -o."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pk import system_call
+
+from trainguard.cli import main
+
+SARIF_SCHEMA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sarif-schema-2.1.0.json"
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> dict[str, Path]:
+    out = {
+        "safe": tmp_path / "safe.pkl",
+        "evil": tmp_path / "evil.pkl",
+        "broken": tmp_path / "broken.pkl",
+    }
+    out["safe"].write_bytes(pickle.dumps({"a": 1}, protocol=4))
+    out["evil"].write_bytes(system_call(str(tmp_path / "PWNED")))
+    out["broken"].write_bytes(b"\x80\x04\x95\xff\xff")
+    return out
+
+
+def test_exit_codes(files, capsys):
+    assert main(["scan", str(files["safe"])]) == 0
+    assert main(["scan", str(files["evil"])]) == 1
+    assert main(["scan", str(files["broken"])]) == 2
+    assert main(["scan", str(files["evil"]), str(files["broken"])]) == 2  # 2 wins
+    assert main(["scan", "/nonexistent/x.pt"]) == 2
+    assert not (files["evil"].parent / "PWNED").exists()
+
+
+def test_json_shape(files, capsys):
+    rc = main(["scan", "--format", "json", str(files["evil"].parent)])
+    doc = json.loads(capsys.readouterr().out)
+    assert rc == 2
+    assert set(doc) == {"files", "summary"}
+    by_name = {Path(f["path"]).name: f for f in doc["files"]}
+    evil = by_name["evil.pkl"]
+    assert evil["verdict"] == "unsafe" and evil["format"] == "pickle"
+    f = evil["findings"][0]
+    assert {"rule", "severity", "message", "location", "evidence"} <= set(f)
+    assert f["rule"] == "scan.code_execution" and f["severity"] == "critical"
+    assert f["location"]["path"].endswith("evil.pkl")
+    assert doc["summary"]["unsafe"] == 1 and doc["summary"]["error"] == 1
+
+
+def test_sarif_validates_against_the_official_schema(files, tmp_path, capsys):
+    jsonschema = pytest.importorskip("jsonschema")
+    if not SARIF_SCHEMA.exists():
+        pytest.skip(f"SARIF schema not present at {SARIF_SCHEMA}")
+    out = tmp_path / "report.sarif"
+    rc = main(["scan", "--format", "sarif", "-o", str(out), *map(str, files.values())])
+    assert rc == 2
+    doc = json.loads(out.read_text())
+    jsonschema.validate(doc, json.loads(SARIF_SCHEMA.read_text()))
+    results = doc["runs"][0]["results"]
+    assert {r["ruleId"] for r in results} >= {"scan.code_execution", "scan.error"}
+    assert all(r["level"] in ("error", "warning", "note") for r in results)
+
+
+def test_fail_on_unsafe_ignores_suspicious(tmp_path: Path):
+    from pk import glob, proto
+
+    p = tmp_path / "net.pkl"
+    p.write_bytes(proto(2) + glob("mylab.models", "Net") + b")\x81}b.")
+    assert main(["scan", str(p)]) == 1
+    assert main(["scan", "--fail-on", "unsafe", str(p)]) == 0
+
+
+def test_human_output_goes_to_stdout_summary_to_stderr(files, capsys):
+    main(["scan", str(files["evil"])])
+    cap = capsys.readouterr()
+    assert "UNSAFE" in cap.out and "os.system" in cap.out
+    assert "suspicious" in cap.err  # the summary table header
+
+
+def test_console_script_runs(files):
+    proc = subprocess.run(
+        [sys.executable, "-m", "trainguard", "scan", "--format", "json", str(files["safe"])],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["summary"]["safe"] == 1
