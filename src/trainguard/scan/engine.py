@@ -39,6 +39,10 @@ ARG_USES: dict[str, dict[int, Use]] = {
 }
 
 
+PICKLE_IN_MEMORY = 4 << 20
+"""Pickle streams up to this size are read once into memory rather than in small reads."""
+
+
 class FileScan:
     """State for one top-level file: findings, budget, what was read."""
 
@@ -127,6 +131,7 @@ class FileScan:
         """One pickle stream from the window's position; findings are reported even when
         the stream breaks half-way (the real loader has run everything before the break)."""
         win.skip_over = self.limits.inline_bytes
+        win.cache(PICKLE_IN_MEMORY)
 
         def emit(rule: Rule, sev: Severity, msg: str, off: int, ev: dict[str, Any]) -> None:
             self.add(rule, sev, msg, member, off, ev)
