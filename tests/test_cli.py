@@ -9,9 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from pk import system_call
 
 from trainguard.cli import main
+
+from pk import system_call
 
 SARIF_SCHEMA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sarif-schema-2.1.0.json"
 

@@ -29,5 +29,11 @@ def test_all_is_exact():
 
 
 def test_one_exception_base():
-    for name in ("ScanError", "LimitExceeded", "ConfigError", "IntegrityError", "VerificationError"):
+    for name in (
+        "ScanError",
+        "LimitExceeded",
+        "ConfigError",
+        "IntegrityError",
+        "VerificationError",
+    ):
         assert issubclass(getattr(trainguard, name), trainguard.TrainguardError)

@@ -14,9 +14,10 @@ import zlib
 from pathlib import Path
 
 import pytest
-from pk import system_call
 
 from trainguard import Rule, Verdict, scan_bytes, scan_file
+
+from pk import system_call
 
 torch = pytest.importorskip("torch")
 np = pytest.importorskip("numpy")
@@ -147,7 +148,9 @@ def test_legacy_tar_walks_storage_records():
     r = scan_bytes(data)
     assert r.format == "torch-legacy-tar"
     assert r.verdict is Verdict.UNSAFE
-    assert any(f.location.member == "storages" and f.rule is Rule.CODE_EXECUTION for f in r.findings)
+    assert any(
+        f.location.member == "storages" and f.rule is Rule.CODE_EXECUTION for f in r.findings
+    )
 
 
 def test_npy_object_array_payload_and_numeric_array():
@@ -172,7 +175,13 @@ def test_npz_member_payload():
 
 @pytest.mark.parametrize(
     "wrap",
-    [gzip.compress, bz2.compress, lzma.compress, zlib.compress, lambda d: lzma.compress(d, format=lzma.FORMAT_ALONE)],
+    [
+        gzip.compress,
+        bz2.compress,
+        lzma.compress,
+        zlib.compress,
+        lambda d: lzma.compress(d, format=lzma.FORMAT_ALONE),
+    ],
     ids=["gzip", "bz2", "xz", "zlib", "lzma-alone"],
 )
 def test_compressed_wrappers(wrap):

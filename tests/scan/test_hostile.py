@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pk import call, glob, marker_cmd, proto
 
 from trainguard import Limits, Rule, Verdict, scan_bytes, scan_file
+
+from pk import call, glob, marker_cmd, proto
 
 SMALL = Limits(max_member_bytes=8 << 20, max_decompressed=16 << 20, ratio_floor=1 << 20)
 
@@ -120,9 +121,9 @@ def test_stored_zip_member_past_end():
 
 # -- property tests: nothing may crash the scanner ------------------------------------------
 
-_SEEDS = [
-    pickle.dumps({"a": [1, 2.0, "x"], "b": (None, True)}, protocol=p) for p in range(6)
-] + [proto(2) + call(glob("os", "system"), marker_cmd("/x")) + b"."]
+_SEEDS = [pickle.dumps({"a": [1, 2.0, "x"], "b": (None, True)}, protocol=p) for p in range(6)] + [
+    proto(2) + call(glob("os", "system"), marker_cmd("/x")) + b"."
+]
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

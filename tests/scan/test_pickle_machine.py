@@ -7,9 +7,10 @@ import pickle
 import struct
 
 import pytest
-from pk import binbytes, call, glob, marker_cmd, proto, s1, stack_glob, system_call
 
 from trainguard import Limits, Rule, Severity, Verdict, scan_bytes
+
+from pk import binbytes, call, glob, marker_cmd, proto, s1, stack_glob, system_call
 
 
 def rules(result) -> set[str]:
@@ -159,9 +160,7 @@ def test_nested_pickle_in_bytesio_for_torch_load():
         proto(2) + call(glob("torch", "load"), call(glob("io", "BytesIO"), binbytes(inner))) + b"."
     )
     r = scan_bytes(body)
-    assert any(
-        f.evidence.get("global") == "os.system" and f.location.member for f in r.findings
-    )
+    assert any(f.evidence.get("global") == "os.system" and f.location.member for f in r.findings)
 
 
 def test_missing_memo_key_is_an_error():
@@ -199,9 +198,7 @@ def test_opcode_budget():
 
 
 def test_copyreg_reconstructor_judges_its_class():
-    body = (
-        b"ccopy_reg\n_reconstructor\n(cmylab.evil\nThing\nc__builtin__\nobject\nNtR."
-    )
+    body = b"ccopy_reg\n_reconstructor\n(cmylab.evil\nThing\nc__builtin__\nobject\nNtR."
     r = scan_bytes(body)
     assert "mylab.evil.Thing" in globals_flagged(r)
     assert "copyreg._reconstructor" not in globals_flagged(r)

@@ -7,11 +7,12 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from pk import glob, proto
 
 from trainguard import ConfigError, Policy, Verdict, scan_bytes, scan_file
 from trainguard.scan.policy import Status
 from trainguard.scan.uses import Use
+
+from pk import glob, proto
 
 NEWOBJ_NET = proto(2) + glob("mylab.models", "Net") + b")\x81}b."
 

@@ -11,6 +11,7 @@ judges it from its syntax tree, never by rendering it.
 
 from __future__ import annotations
 
+import re
 import struct
 from typing import TYPE_CHECKING, Any
 
@@ -58,7 +59,7 @@ def sniff(head: bytes, win: Window) -> str | None:
 class _Reader:
     """Buffered, bounds-checked reads; big strings are skipped by moving the position."""
 
-    def __init__(self, ctx: FileScan, win: Window, order: str, wide: bool, member: str | None):
+    def __init__(self, ctx: FileScan, win: Window, order: str, wide: bool, member: str | None) -> None:
         self.win, self.order, self.member = win, order, member
         self.cap, self.budget = ctx.limits.max_header, ctx.budget
         self.size = len(win)
@@ -242,3 +243,209 @@ def _check_tensors(
     if truncated is not None:
         raise ScanError("tensor data runs past the end of the file (truncated?)",
                         member=member, offset=truncated)  # fmt: skip
+
+
+# -- chat templates ------------------------------------------------------------------------
+# Attribute names that only an escape attempt reads: every dunder, name-mangled privates
+# (``self._TemplateReference__context``), frame/code/function internals and module handles.
+_ESCAPE_NAMES = frozenset(
+    "func_globals func_code gi_frame gi_code f_back f_globals f_locals f_builtins f_code "
+    "tb_frame tb_next cr_frame cr_code ag_frame ag_code co_code mro os sys subprocess builtins "
+    "popen system eval exec import_module spawn check_output format_map".split()
+)
+# Jinja/Flask globals whose attributes lead to module globals (``cycler.__init__.__globals__``).
+_GLOBALS = frozenset(
+    "cycler joiner namespace lipsum range dict config request url_for get_flashed_messages "
+    "raise_exception strftime_now".split()
+)
+_STRING_FILTERS = frozenset("reverse join replace lower upper string trim title capitalize".split())
+_STRING_METHODS = frozenset("join replace format lower upper strip lstrip rstrip".split())
+_BAD_TEXT = re.compile(
+    r"__(?:class|mro|subclasses|globals|builtins|init|import|getattribute|base|bases|dict|code"
+    r"|func|self|reduce|reduce_ex|loader|spec|getitem|call|module|closure|defaults|new|getattr"
+    r"|setattr|file)__|_TemplateReference__context|func_globals|gi_frame|f_back|f_globals"
+    r"|f_locals|tb_frame|cr_frame|ag_frame|co_code|import_module|popen"
+)
+MAX_TEMPLATE = 4 << 20
+MAX_NODES = 200_000
+
+
+def _bad_name(name: str) -> bool:
+    dunder = name.startswith("__") and name.endswith("__") and len(name) > 4
+    mangled = re.match(r"_[A-Za-z0-9]+__\w", name) is not None
+    return dunder or mangled or name in _ESCAPE_NAMES
+
+
+def check_template(ctx: FileScan, body: str, member: str | None, offset: int) -> None:
+    """Judge a Jinja2 chat template by its syntax tree: parsing runs none of it.
+
+    A renderer without a sandbox executes whatever the template reaches through attributes,
+    so any walk to dunders, frames, module handles, template globals' internals, computed
+    attribute names, or other templates (``import``/``include``/``extends``) is critical.
+    """
+    found = _template_problems(body)
+    if found is None:
+        ctx.add(Rule.TEMPLATE_INJECTION, Severity.MEDIUM,
+                "chat template cannot be parsed (or is too large), so it cannot be judged",
+                member, offset, {"length": len(body), "head": body[:200]})  # fmt: skip
+        return
+    lines = body.splitlines() or [""]
+    for sev, why, lineno, token in found[:10]:
+        line = lines[min(max(lineno, 1), len(lines)) - 1]
+        at = max(line.find(token), 0) if token else 0
+        snippet = line[max(at - 80, 0) : at + 120].strip()
+        ctx.add(Rule.TEMPLATE_INJECTION, sev, f"chat template {why}", member, offset,
+                {"expression": snippet, "line": lineno, "access": token[:200]})  # fmt: skip
+
+
+def _template_problems(body: str) -> list[tuple[Severity, str, int, str]] | None:
+    """(severity, why, line, token) per problem, or None when the source cannot be parsed."""
+    if len(body) > MAX_TEMPLATE:
+        return None
+    try:
+        from jinja2 import TemplateSyntaxError
+    except ImportError:
+        return [(Severity.CRITICAL, "names an escape route", 1, m.group())
+                for m in _BAD_TEXT.finditer(body)] or None  # fmt: skip
+    try:
+        tree = _environment().parse(body)
+    except (TemplateSyntaxError, RecursionError, ValueError, MemoryError):
+        return None
+    try:
+        return _Judge(tree).problems
+    except RecursionError:
+        return None
+
+
+def _environment() -> Any:
+    """A parse-only environment with the extensions transformers' renderer enables."""
+    from jinja2 import Environment, nodes
+    from jinja2.ext import Extension
+
+    class Generation(Extension):  # transformers' {% generation %} ... {% endgeneration %}
+        tags = {"generation"}
+
+        def parse(self, parser: Any) -> Any:
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return nodes.Scope(body, lineno=lineno)
+
+    return Environment(extensions=["jinja2.ext.loopcontrols", "jinja2.ext.do", Generation])
+
+
+class _Judge:
+    """One walk over the tree; ``{% set %}`` values are remembered so that names built
+    from string pieces (``'__cla' ~ 'ss__'``) are folded before they are judged."""
+
+    def __init__(self, tree: Any) -> None:
+        from jinja2 import nodes
+
+        self.n = nodes
+        self.problems: list[tuple[Severity, str, int, str]] = []
+        self.sets: dict[str, list[Any]] = {}
+        for a in tree.find_all(nodes.Assign):
+            if isinstance(a.target, nodes.Name):
+                self.sets.setdefault(a.target.name, []).append(a.node)
+        stack, seen = [tree], 0
+        while stack and seen < MAX_NODES:
+            node = stack.pop()
+            seen += 1
+            self.visit(node)
+            stack.extend(node.iter_child_nodes())
+        if stack:
+            self.flag(Severity.MEDIUM, f"has over {MAX_NODES} nodes: not judged", tree, "")
+
+    def flag(self, sev: Severity, why: str, node: Any, token: str) -> None:
+        self.problems.append((sev, why, getattr(node, "lineno", 1) or 1, token))
+
+    def fold(self, node: Any, depth: int = 0) -> str | None:
+        """The string an expression always evaluates to, if it is built from constants."""
+        n = self.n
+        if depth > 20:
+            return None
+        if isinstance(node, n.Const):
+            return node.value if isinstance(node.value, str) else None
+        if isinstance(node, n.Name):
+            vals = self.sets.get(node.name, [])
+            return self.fold(vals[0], depth + 1) if len(vals) == 1 else None
+        parts: list[str | None] = []
+        if isinstance(node, n.Concat):
+            parts = [self.fold(x, depth + 1) for x in node.nodes]
+        elif isinstance(node, n.Add):
+            parts = [self.fold(node.left, depth + 1), self.fold(node.right, depth + 1)]
+        elif isinstance(node, n.Filter) and node.node is not None and node.name in _STRING_FILTERS:
+            base = self.fold(node.node, depth + 1)
+            if base is None:
+                return None
+            if node.name == "reverse":
+                return base[::-1]
+            if node.name == "replace" and len(node.args) == 2:
+                old, new = (self.fold(a, depth + 1) for a in node.args)
+                return base.replace(old, new)[:4096] if old and new is not None else None
+            return {"lower": base.lower(), "upper": base.upper(), "trim": base.strip()}.get(
+                node.name, base if node.name in ("string", "join") else None
+            )
+        if not parts or any(p is None for p in parts):
+            return None
+        return "".join(p for p in parts if p is not None)[:4096]
+
+    def computed(self, node: Any, depth: int = 0) -> bool:
+        """Whether an expression builds a string at render time (the way names are hidden)."""
+        n = self.n
+        if isinstance(node, n.Concat | n.Mod):
+            return True
+        if isinstance(node, n.Add):
+            return isinstance(node.left, n.Const) or isinstance(node.right, n.Const)
+        if isinstance(node, n.Filter):
+            return node.name in _STRING_FILTERS
+        if isinstance(node, n.Call) and isinstance(node.node, n.Getattr):
+            return node.node.attr in _STRING_METHODS
+        if isinstance(node, n.Name) and depth < 5:
+            return any(self.computed(v, depth + 1) for v in self.sets.get(node.name, []))
+        return False
+
+    def name_arg(self, node: Any, arg: Any, via: str, strict: bool) -> None:
+        """An attribute or item name given as an expression (``|attr(x)``, ``obj[x]``)."""
+        value = self.fold(arg)
+        if value is not None:
+            if _bad_name(value) if strict else _BAD_TEXT.search(value):
+                self.flag(Severity.CRITICAL, f"reaches {value[:60]!r} through {via}", node, value)
+        elif strict or self.computed(arg):
+            self.flag(Severity.HIGH, f"computes a name for {via} at render time", node, via)
+
+    def visit(self, node: Any) -> None:
+        n = self.n
+        if isinstance(node, n.Getattr):
+            if _bad_name(node.attr):
+                self.flag(Severity.CRITICAL, f"reads attribute {node.attr!r}", node, node.attr)
+            elif isinstance(node.node, n.Name) and node.node.name in _GLOBALS | {"self"}:
+                if node.node.name != "self" or node.attr.startswith("_"):
+                    self.flag(Severity.CRITICAL, f"reads {node.node.name}.{node.attr}: a "
+                              "template global's internals", node, node.attr)  # fmt: skip
+        elif isinstance(node, n.Getitem):
+            self.name_arg(node, node.arg, "a subscript", strict=False)
+        elif isinstance(node, n.Filter | n.Test):
+            args = list(node.args)
+            if node.name == "attr" and args:
+                self.name_arg(node, args[0], "|attr", strict=True)
+            elif node.name in ("map", "select", "reject") and len(args) > 1:
+                if self.fold(args[0]) == "attr":
+                    self.name_arg(node, args[1], f"|{node.name}('attr')", strict=True)
+        elif isinstance(node, n.Import | n.FromImport | n.Include | n.Extends):
+            what = type(node).__name__.lower()
+            self.flag(Severity.CRITICAL, f"loads another template ({what})", node, what)
+        elif isinstance(node, n.Name | n.NSRef | n.Keyword):
+            name = node.attr if isinstance(node, n.NSRef) else getattr(node, "name", node.key)
+            if isinstance(node, n.Keyword):
+                name = node.key
+            if _bad_name(name) and (name.startswith("_") or isinstance(node, n.Name)):
+                self.flag(Severity.CRITICAL, f"uses the name {name!r}", node, name)
+        elif isinstance(node, n.Call) and isinstance(node.node, n.Getattr):
+            if node.node.attr == "format" and self.fold(node.node.node) is None:
+                self.flag(Severity.HIGH, "formats text not written in the template "
+                          "(str.format reaches attributes)", node, "format")  # fmt: skip
+        if isinstance(node, n.Const | n.Concat | n.Add | n.Filter):
+            value = self.fold(node)
+            match = _BAD_TEXT.search(value) if value else None
+            if match and not isinstance(node, n.Filter | n.Getitem):
+                self.flag(Severity.CRITICAL, f"spells {match.group()!r}", node, match.group())
