@@ -1,10 +1,10 @@
-"""Shared test setup: makes tests/ importable (corpus builders, pickle assembly helpers)."""
+"""Make ``tests/`` importable (``import corpus``)."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-HERE = Path(__file__).parent
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
+_TESTS = str(Path(__file__).resolve().parent)
+if _TESTS not in sys.path:
+    sys.path.insert(0, _TESTS)

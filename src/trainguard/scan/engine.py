@@ -8,7 +8,7 @@ member, so a payload elsewhere in the file is still found.
 
 from __future__ import annotations
 
-import hashlib
+import io
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,20 @@ ARG_USES: dict[str, dict[int, Use]] = {
 
 PICKLE_IN_MEMORY = 4 << 20
 """Pickle streams up to this size are read once into memory rather than in small reads."""
+
+
+class _Memory(io.BytesIO):
+    """A small stream read once into memory (C-speed reads), with the same line cap."""
+
+    def __init__(self, data: bytes, max_line: int) -> None:
+        super().__init__(data)
+        self.max_line = max_line
+
+    def readline(self, size: int | None = -1, /) -> bytes:
+        line = super().readline(self.max_line + 1)
+        if len(line) > self.max_line:
+            raise LimitExceeded(f"text line longer than {self.max_line} bytes", offset=self.tell())
+        return line
 
 
 class FileScan:
@@ -85,6 +99,8 @@ class FileScan:
 
     def file_sha256(self) -> str | None:
         if self._sha256 is None and self.policy.needs_file_hash:
+            import hashlib
+
             h = hashlib.sha256()
             with open(self.path, "rb") as fh:
                 while chunk := fh.read(1 << 20):
@@ -122,16 +138,18 @@ class FileScan:
         return fmt
 
     def scan_bytes(self, data: bytes, member: str, depth: int) -> str:
-        import io
-
         return self.scan_window(self.window(io.BytesIO(data)), member, depth)
 
     # -- pickles -----------------------------------------------------------------------
     def scan_pickle(self, win: Window, member: str | None, depth: int) -> StreamResult:
         """One pickle stream from the window's position; findings are reported even when
         the stream breaks half-way (the real loader has run everything before the break)."""
-        win.skip_over = self.limits.inline_bytes
-        win.cache(PICKLE_IN_MEMORY)
+        stream: Window | _Memory = win
+        if len(win) <= PICKLE_IN_MEMORY:
+            stream = _Memory(win.peek_at(0, len(win)), self.limits.max_line)
+            stream.seek(win.tell())
+        else:
+            win.skip_over = self.limits.inline_bytes
 
         def emit(rule: Rule, sev: Severity, msg: str, off: int, ev: dict[str, Any]) -> None:
             self.add(rule, sev, msg, member, off, ev)
@@ -147,7 +165,7 @@ class FileScan:
                 self.scan_bytes(bytes(data), label, depth + 1)
 
         machine = PickleMachine(
-            win,
+            stream,
             self.budget,
             emit=emit,
             nested=nested,
@@ -157,6 +175,8 @@ class FileScan:
         try:
             return machine.run()
         finally:
+            if stream is not win:
+                win.seek(stream.tell())
             self._judge_globals(machine.result, member)
 
     def _judge_globals(self, res: StreamResult, member: str | None) -> None:

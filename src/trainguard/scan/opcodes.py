@@ -15,14 +15,14 @@ import copyreg
 import pickletools
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from trainguard.errors import LimitExceeded, ScanError
 from trainguard.findings import Rule, Severity
 from trainguard.scan.limits import Budget
 from trainguard.scan.policy import canonical
 from trainguard.scan.uses import Use
-from trainguard.scan.window import Skipped, Window
+from trainguard.scan.window import Skipped
 
 __all__ = ["GlobalUse", "PickleMachine", "StreamResult"]
 
@@ -142,6 +142,15 @@ class StreamResult:
     joblib_arrays: int = 0
 
 
+class Stream(Protocol):
+    """What the machine reads from: a ``Window``, or a ``BytesIO`` for small streams."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+    def readline(self, size: int | None = -1, /) -> bytes: ...
+    def seek(self, offset: int, whence: int = 0, /) -> int: ...
+    def tell(self) -> int: ...
+
+
 # A finding raised by the machine itself (not tied to the policy): rule, severity, message,
 # offset, evidence.
 Emit = Callable[[Rule, Severity, str, int, dict[str, Any]], None]
@@ -191,7 +200,7 @@ class PickleMachine:
 
     def __init__(
         self,
-        win: Window,
+        win: Stream,
         budget: Budget,
         *,
         emit: Emit,
@@ -200,6 +209,9 @@ class PickleMachine:
         loaders: frozenset[str],
     ) -> None:
         self.win = win
+        pos = win.tell()
+        self.size = win.seek(0, 2)
+        win.seek(pos)
         self.budget = budget
         self.limits = budget.limits
         self.emit = emit
@@ -371,7 +383,7 @@ class PickleMachine:
         nbytes = itemsize
         for d in dims:
             nbytes *= d
-        if nbytes < 0 or nbytes > self.win.remaining:
+        if nbytes < 0 or nbytes > self.size - self.win.tell():
             raise ScanError(
                 f"joblib array of {nbytes} bytes runs past the end of the stream",
                 offset=self.win.tell(),
@@ -408,129 +420,154 @@ class PickleMachine:
         if name in _LIT_OPS:
             self._push(Lit(arg))
             return
-        st = self.stack
-        if name == "MARK":
-            self.metastack.append(st)
-            self.stack = []
-        elif name in ("NONE", "NEWTRUE", "NEWFALSE"):
-            self._push(Lit({"NONE": None, "NEWTRUE": True, "NEWFALSE": False}[name]))
-        elif name in ("EMPTY_LIST", "EMPTY_DICT", "EMPTY_SET", "EMPTY_TUPLE"):
-            self._push(Seq(name[6:].lower()))
-        elif name in ("BINPUT", "PUT", "LONG_BINPUT"):
-            self._memo_put(arg, pos)
-        elif name == "MEMOIZE":
-            self._memo_put(len(self.memo), pos)
-        elif name in ("BINGET", "GET", "LONG_BINGET"):
-            if arg not in self.memo:
-                raise ScanError(f"memo key {arg} was never stored", offset=pos)
-            self._push(self.memo[arg])
-        elif name == "GLOBAL":
-            module, _, gname = str(arg).partition(" ")
-            self._push(self._global(module, gname, pos, name))
-        elif name == "STACK_GLOBAL":
-            gname = self._pop(pos)
-            module = self._pop(pos)
-            if not (isinstance(module, Lit) and isinstance(gname, Lit)):
-                self.emit(
-                    Rule.CODE_EXECUTION,
-                    Severity.CRITICAL,
-                    "STACK_GLOBAL operands were computed at load time, not written as text",
-                    pos,
-                    {"module": repr(module)[:200], "name": repr(gname)[:200]},
-                )
-                self._push(Obj(Lit("<dynamic global>"), None, pos))
-            else:
-                self._push(self._global(module.value, gname.value, pos, name))
-        elif name == "REDUCE":
-            args = self._pop(pos)
-            callee = self._pop(pos)
-            self._push(self._apply(callee, args, pos, name, Use.CALL))
-        elif name == "BUILD":
-            state = self._pop(pos)
-            self._build(self._top(pos), state, pos)
-        elif name == "NEWOBJ":
-            args = self._pop(pos)
-            cls = self._pop(pos)
-            self._push(self._apply(cls, args, pos, name, Use.NEW))
-        elif name == "NEWOBJ_EX":
-            self._pop(pos)
-            args = self._pop(pos)
-            cls = self._pop(pos)
-            self._push(self._apply(cls, args, pos, name, Use.NEW))
-        elif name == "INST":
-            items = self._pop_mark(pos)
-            module, _, gname = str(arg).partition(" ")
-            ref = self._global(module, gname, pos, name)
-            use = Use.CALL if items else Use.NEW
-            self._push(self._apply(ref, Seq("tuple", items), pos, name, use))
-        elif name == "OBJ":
-            items = self._pop_mark(pos)
-            if not items:
-                raise ScanError("OBJ without a class", offset=pos)
-            use = Use.CALL if len(items) > 1 else Use.NEW
-            self._push(self._apply(items[0], Seq("tuple", items[1:]), pos, name, use))
-        elif name in ("TUPLE", "LIST", "FROZENSET"):
-            self._push(Seq(name.lower(), self._pop_mark(pos)))
-        elif name == "DICT":
-            self._push(Seq("dict", self._pop_mark(pos)))
-        elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
-            n = int(name[-1])
-            if len(st) < n:
-                raise ScanError("stack underflow (malformed pickle)", offset=pos)
-            items = st[-n:]
-            del st[-n:]
-            if any(i is _MARK for i in items):
-                raise ScanError("unexpected MARK on the stack", offset=pos)
-            self._push(Seq("tuple", items))
-        elif name in ("APPEND", "SETITEM", "ADDITEMS", "APPENDS", "SETITEMS"):
-            if name in ("APPEND", "SETITEM"):
-                items = [self._pop(pos) for _ in range(1 if name == "APPEND" else 2)][::-1]
-            else:
-                items = self._pop_mark(pos)
-            target = self._top(pos)
-            if isinstance(target, GlobalRef):
-                self._record(target, Use.CALL, pos, name)
-                self.emit(
-                    Rule.CODE_EXECUTION,
-                    Severity.CRITICAL,
-                    f"{name} mutates the global object {target.key} at load time",
-                    pos,
-                    {"global": target.key},
-                )
-            elif isinstance(target, Seq):
-                target.extend(items)
-            elif isinstance(target, Lit):
-                raise ScanError(f"{name} on a literal (malformed pickle)", offset=pos)
-        elif name == "POP":
-            if st and st[-1] is _MARK:
-                raise ScanError("POP of a MARK", offset=pos)
-            self._pop(pos)
-        elif name == "POP_MARK":
-            self._pop_mark(pos)
-        elif name == "DUP":
-            self._push(self._top(pos))
-        elif name in ("PERSID", "BINPERSID"):
-            pid = Lit(arg) if name == "PERSID" else self._pop(pos)
-            self._push(PersRef(pid))
-            if isinstance(pid, Seq):
-                for item in pid.items:
-                    if isinstance(item, GlobalRef):
-                        self._record(item, Use.NEW, pos, name)
-        elif name in ("EXT1", "EXT2", "EXT4"):
-            self._ext(int(arg), pos, name)
-        elif name == "PROTO":
-            self.result.protocol = int(arg)
-        elif name == "FRAME" or name == "READONLY_BUFFER":
-            pass
-        elif name == "NEXT_BUFFER":
-            self._push(Lit(None))
-        elif name == "STOP":
-            value = self._pop(pos)
-            if self.metastack:
-                raise ScanError("STOP inside an unclosed MARK", offset=pos)
-            self.result.value = value
-        else:  # pragma: no cover - genops knows no other opcodes
+        handler = _DISPATCH.get(name)
+        if handler is None:  # pragma: no cover - genops knows no other opcodes
             raise ScanError(f"unhandled opcode {name}", offset=pos)
+        handler(self, name, arg, pos)
+
+    # -- opcode handlers: (self, opcode name, argument, position) ----------------------
+    def _op_mark(self, name: str, arg: Any, pos: int) -> None:
+        self.metastack.append(self.stack)
+        self.stack = []
+
+    def _op_const(self, name: str, arg: Any, pos: int) -> None:
+        self._push(Lit({"NONE": None, "NEWTRUE": True, "NEWFALSE": False}[name]))
+
+    def _op_empty(self, name: str, arg: Any, pos: int) -> None:
+        self._push(Seq(name[6:].lower()))
+
+    def _op_put(self, name: str, arg: Any, pos: int) -> None:
+        self._memo_put(len(self.memo) if name == "MEMOIZE" else arg, pos)
+
+    def _op_get(self, name: str, arg: Any, pos: int) -> None:
+        value = self.memo.get(arg)
+        if value is None:
+            raise ScanError(f"memo key {arg} was never stored", offset=pos)
+        self._push(value)
+
+    def _op_global(self, name: str, arg: Any, pos: int) -> None:
+        module, _, gname = str(arg).partition(" ")
+        self._push(self._global(module, gname, pos, name))
+
+    def _op_stack_global(self, name: str, arg: Any, pos: int) -> None:
+        gname = self._pop(pos)
+        module = self._pop(pos)
+        if isinstance(module, Lit) and isinstance(gname, Lit):
+            self._push(self._global(module.value, gname.value, pos, name))
+            return
+        self.emit(
+            Rule.CODE_EXECUTION,
+            Severity.CRITICAL,
+            "STACK_GLOBAL operands were computed at load time, not written as text",
+            pos,
+            {"module": repr(module)[:200], "name": repr(gname)[:200]},
+        )
+        self._push(Obj(Lit("<dynamic global>"), None, pos))
+
+    def _op_reduce(self, name: str, arg: Any, pos: int) -> None:
+        args = self._pop(pos)
+        callee = self._pop(pos)
+        self._push(self._apply(callee, args, pos, name, Use.CALL))
+
+    def _op_build(self, name: str, arg: Any, pos: int) -> None:
+        state = self._pop(pos)
+        self._build(self._top(pos), state, pos)
+
+    def _op_newobj(self, name: str, arg: Any, pos: int) -> None:
+        if name == "NEWOBJ_EX":
+            self._pop(pos)  # kwargs
+        args = self._pop(pos)
+        cls = self._pop(pos)
+        self._push(self._apply(cls, args, pos, name, Use.NEW))
+
+    def _op_inst(self, name: str, arg: Any, pos: int) -> None:
+        items = self._pop_mark(pos)
+        module, _, gname = str(arg).partition(" ")
+        ref = self._global(module, gname, pos, name)
+        use = Use.CALL if items else Use.NEW
+        self._push(self._apply(ref, Seq("tuple", items), pos, name, use))
+
+    def _op_obj(self, name: str, arg: Any, pos: int) -> None:
+        items = self._pop_mark(pos)
+        if not items:
+            raise ScanError("OBJ without a class", offset=pos)
+        use = Use.CALL if len(items) > 1 else Use.NEW
+        self._push(self._apply(items[0], Seq("tuple", items[1:]), pos, name, use))
+
+    def _op_collect(self, name: str, arg: Any, pos: int) -> None:
+        kind = "dict" if name == "DICT" else name.lower()
+        self._push(Seq(kind, self._pop_mark(pos)))
+
+    def _op_tuple_n(self, name: str, arg: Any, pos: int) -> None:
+        n = int(name[-1])
+        st = self.stack
+        if len(st) < n:
+            raise ScanError("stack underflow (malformed pickle)", offset=pos)
+        items = st[-n:]
+        del st[-n:]
+        if any(i is _MARK for i in items):
+            raise ScanError("unexpected MARK on the stack", offset=pos)
+        self._push(Seq("tuple", items))
+
+    def _op_fill(self, name: str, arg: Any, pos: int) -> None:
+        if name == "APPEND":
+            items = [self._pop(pos)]
+        elif name == "SETITEM":
+            value = self._pop(pos)
+            items = [self._pop(pos), value]
+        else:
+            items = self._pop_mark(pos)
+        target = self._top(pos)
+        if isinstance(target, Seq):
+            target.extend(items)
+        elif isinstance(target, GlobalRef):
+            self._record(target, Use.CALL, pos, name)
+            self.emit(
+                Rule.CODE_EXECUTION,
+                Severity.CRITICAL,
+                f"{name} mutates the global object {target.key} at load time",
+                pos,
+                {"global": target.key},
+            )
+        elif isinstance(target, Lit):
+            raise ScanError(f"{name} on a literal (malformed pickle)", offset=pos)
+
+    def _op_pop(self, name: str, arg: Any, pos: int) -> None:
+        if name == "POP_MARK":
+            self._pop_mark(pos)
+            return
+        if self.stack and self.stack[-1] is _MARK:
+            raise ScanError("POP of a MARK", offset=pos)
+        self._pop(pos)
+
+    def _op_dup(self, name: str, arg: Any, pos: int) -> None:
+        self._push(self._top(pos))
+
+    def _op_persid(self, name: str, arg: Any, pos: int) -> None:
+        pid = Lit(arg) if name == "PERSID" else self._pop(pos)
+        self._push(PersRef(pid))
+        if isinstance(pid, Seq):
+            for item in pid.items:
+                if isinstance(item, GlobalRef):
+                    self._record(item, Use.NEW, pos, name)
+
+    def _op_ext(self, name: str, arg: Any, pos: int) -> None:
+        self._ext(int(arg), pos, name)
+
+    def _op_proto(self, name: str, arg: Any, pos: int) -> None:
+        self.result.protocol = int(arg)
+
+    def _op_nothing(self, name: str, arg: Any, pos: int) -> None:
+        pass
+
+    def _op_next_buffer(self, name: str, arg: Any, pos: int) -> None:
+        self._push(Lit(None))
+
+    def _op_stop(self, name: str, arg: Any, pos: int) -> None:
+        value = self._pop(pos)
+        if self.metastack:
+            raise ScanError("STOP inside an unclosed MARK", offset=pos)
+        self.result.value = value
 
     def _memo_put(self, idx: Any, pos: int) -> None:
         if not isinstance(idx, int) or idx < 0:
@@ -606,3 +643,34 @@ def _dtype_info(dtype: Any) -> tuple[int | None, bool]:
         return None, False
     size = int(digits)
     return (size * 4 if text.lstrip("<>|=").startswith("U") else size), False
+
+
+_DISPATCH: dict[str, Callable[[PickleMachine, str, Any, int], None]] = {
+    "MARK": PickleMachine._op_mark,
+    **dict.fromkeys(("NONE", "NEWTRUE", "NEWFALSE"), PickleMachine._op_const),
+    **dict.fromkeys(
+        ("EMPTY_LIST", "EMPTY_DICT", "EMPTY_SET", "EMPTY_TUPLE"), PickleMachine._op_empty
+    ),
+    **dict.fromkeys(("BINPUT", "PUT", "LONG_BINPUT", "MEMOIZE"), PickleMachine._op_put),
+    **dict.fromkeys(("BINGET", "GET", "LONG_BINGET"), PickleMachine._op_get),
+    "GLOBAL": PickleMachine._op_global,
+    "STACK_GLOBAL": PickleMachine._op_stack_global,
+    "REDUCE": PickleMachine._op_reduce,
+    "BUILD": PickleMachine._op_build,
+    **dict.fromkeys(("NEWOBJ", "NEWOBJ_EX"), PickleMachine._op_newobj),
+    "INST": PickleMachine._op_inst,
+    "OBJ": PickleMachine._op_obj,
+    **dict.fromkeys(("TUPLE", "LIST", "FROZENSET", "DICT"), PickleMachine._op_collect),
+    **dict.fromkeys(("TUPLE1", "TUPLE2", "TUPLE3"), PickleMachine._op_tuple_n),
+    **dict.fromkeys(
+        ("APPEND", "SETITEM", "ADDITEMS", "APPENDS", "SETITEMS"), PickleMachine._op_fill
+    ),
+    **dict.fromkeys(("POP", "POP_MARK"), PickleMachine._op_pop),
+    "DUP": PickleMachine._op_dup,
+    **dict.fromkeys(("PERSID", "BINPERSID"), PickleMachine._op_persid),
+    **dict.fromkeys(("EXT1", "EXT2", "EXT4"), PickleMachine._op_ext),
+    "PROTO": PickleMachine._op_proto,
+    **dict.fromkeys(("FRAME", "READONLY_BUFFER"), PickleMachine._op_nothing),
+    "NEXT_BUFFER": PickleMachine._op_next_buffer,
+    "STOP": PickleMachine._op_stop,
+}

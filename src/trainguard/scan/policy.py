@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import enum
+import functools
 import re
-import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +75,7 @@ class Judgement:
     expired: AllowEntry | None = None
 
 
+@functools.lru_cache(maxsize=8192)
 def canonical(module: str, name: str) -> tuple[str, str]:
     """Collapse module aliases that are the same object (``posix`` is ``os``)."""
     if module in al.ALIASES:
@@ -164,6 +165,8 @@ class Policy:
     @classmethod
     def from_file(cls, path: str | Path) -> Policy:
         """A standalone policy TOML, or a pyproject.toml with ``[tool.trainguard]``."""
+        import tomllib
+
         path = Path(path)
         try:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -178,6 +181,8 @@ class Policy:
     @classmethod
     def discover(cls, start: Path | None = None) -> Policy:
         """The policy in the nearest ``pyproject.toml`` with ``[tool.trainguard]``, if any."""
+        import tomllib
+
         here = (start or Path.cwd()).resolve()
         for folder in (here, *here.parents):
             candidate = folder / "pyproject.toml"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import bz2
-import lzma
 import tempfile
 import zlib
 from collections.abc import Callable
@@ -49,8 +47,12 @@ def new_decompressor(kind: str) -> Decompressor:
     if kind == "gzip":
         return _Zlib(31)
     if kind == "bz2":
+        import bz2
+
         return bz2.BZ2Decompressor()
     if kind in ("xz", "lzma"):
+        import lzma
+
         return lzma.LZMADecompressor()
     if kind == "lz4":
         try:
@@ -89,7 +91,7 @@ def decompress_to_spool(
                 consumed += len(data)
             try:
                 out = dec.decompress(data, CHUNK)
-            except (OSError, EOFError, ValueError, RuntimeError, zlib.error, lzma.LZMAError) as exc:
+            except Exception as exc:  # noqa: BLE001 - zlib/bz2/lzma/lz4 each raise their own
                 raise ScanError(f"corrupt {kind} data: {exc}", offset=consumed) from None
             spool.write(out)
             produced += len(out)

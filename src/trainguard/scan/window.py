@@ -151,18 +151,6 @@ class Window(io.RawIOBase):
                 )
         return b"".join(chunks)
 
-    def cache(self, max_bytes: int) -> None:
-        """Hold the whole window in memory if it is small: many tiny reads get cheap."""
-        if self._length > max_bytes or isinstance(self._base, io.BytesIO):
-            return
-        self._base.seek(self._start)
-        data = self._base.read(self._length)
-        self._counter[0] += len(data)
-        self._base = io.BytesIO(data)
-        self._start = 0
-        self._length = len(data)
-        self._pos = min(self._pos, self._length)
-
     def peek_at(self, offset: int, size: int) -> bytes:
         """Bytes at ``offset`` without moving the position."""
         if offset < 0 or offset >= self._length:

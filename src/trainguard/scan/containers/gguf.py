@@ -11,6 +11,7 @@ judges it from its syntax tree, never by rendering it.
 
 from __future__ import annotations
 
+import math
 import re
 import struct
 from typing import TYPE_CHECKING, Any
@@ -31,7 +32,19 @@ MAX_NESTING = 8
 TEMPLATE_KEY = "tokenizer.chat_template"
 _CHUNK = 1 << 16
 _STRING, _ARRAY = 8, 9
-_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+_SCALARS = {
+    0: "B",
+    1: "b",
+    2: "H",
+    3: "h",
+    4: "I",
+    5: "i",
+    6: "f",
+    7: "?",
+    10: "Q",
+    11: "q",
+    12: "d",
+}
 # ggml type -> (block size, bytes per block), as in gguf-py's GGML_QUANT_SIZES
 _GGML = {
     0: (1, 4), 1: (1, 2), 2: (32, 18), 3: (32, 20), 6: (32, 22), 7: (32, 24), 8: (32, 34),
@@ -59,7 +72,9 @@ def sniff(head: bytes, win: Window) -> str | None:
 class _Reader:
     """Buffered, bounds-checked reads; big strings are skipped by moving the position."""
 
-    def __init__(self, ctx: FileScan, win: Window, order: str, wide: bool, member: str | None) -> None:
+    def __init__(
+        self, ctx: FileScan, win: Window, order: str, wide: bool, member: str | None
+    ) -> None:
         self.win, self.order, self.member = win, order, member
         self.cap, self.budget = ctx.limits.max_header, ctx.budget
         self.size = len(win)
@@ -169,9 +184,8 @@ def _read(ctx: FileScan, r: _Reader, member: str | None) -> None:
         ctx.budget.check_time()
         key = (r.string(keep=True) or b"").decode("utf-8", "replace")
         if key in seen:
-            ctx.add(Rule.CONTAINER_ANOMALY, Severity.MEDIUM,
-                    f"duplicate key {key[:120]!r}: loaders disagree on which value counts",
-                    member, r.pos, {"key": key[:200]})  # fmt: skip
+            msg = f"duplicate key {key[:120]!r}: loaders disagree on which value counts"
+            ctx.add(Rule.CONTAINER_ANOMALY, Severity.MEDIUM, msg, member, r.pos, {"key": key[:200]})
         seen.add(key)
         vtype = r.unpack("I")
         at = r.pos
@@ -181,139 +195,142 @@ def _read(ctx: FileScan, r: _Reader, member: str | None) -> None:
         elif key == "general.alignment" and vtype == 4:
             alignment = r.unpack("I")
             if alignment == 0 or alignment & (alignment - 1):
-                ctx.add(Rule.MALFORMED, Severity.MEDIUM, f"alignment {alignment} is not a power "
-                        "of two", member, at, {"alignment": alignment})  # fmt: skip
+                msg = f"alignment {alignment} is not a power of two"
+                ctx.add(Rule.MALFORMED, Severity.MEDIUM, msg, member, at, {"alignment": alignment})
                 alignment = 32
         else:
             _skip_value(r, vtype, 0)
-    tensors = [_tensor_info(r) for _ in range(n_tensors)]
-    data_start = -(-r.pos // alignment) * alignment
-    _check_tensors(ctx, tensors, data_start, r.size, member)
+    # Two passes over the tensor infos: the data section starts after the last of them.
+    start = r.pos
+    for i in range(n_tensors):
+        _tensor_info(r, i)
+    data_size = r.size - -(-r.pos // alignment) * alignment
+    r.pos = start
+    _check_tensors(ctx, r, n_tensors, data_size, member)
 
 
-def _tensor_info(r: _Reader) -> tuple[str, list[int], int, int, int]:
-    at = r.pos
+def _tensor_info(r: _Reader, i: int) -> tuple[str, list[int], int, int]:
+    if not i & 0xFFFF:
+        r.budget.check_time()
     name = (r.string(keep=True) or b"").decode("utf-8", "replace")
     n_dims = r.unpack("I")
     if n_dims > MAX_DIMS:
-        raise _Hostile(f"tensor {name[:80]!r} declares {n_dims} dimensions (ggml allows "
-                       f"{MAX_DIMS} at most)", at, {"tensor": name[:200], "n_dims": n_dims})  # fmt: skip
+        msg = f"tensor {name[:80]!r} declares {n_dims} dimensions (ggml allows {MAX_DIMS})"
+        raise _Hostile(msg, r.pos - 4, {"tensor": name[:200], "n_dims": n_dims})
     dims = [r.count() for _ in range(n_dims)]
-    ggml_type = r.unpack("I")
-    offset = r.unpack("Q")
-    return name, dims, ggml_type, offset, at
+    return name, dims, r.unpack("I"), r.unpack("Q")
 
 
 def _check_tensors(
-    ctx: FileScan,
-    tensors: list[tuple[str, list[int], int, int, int]],
-    data_start: int,
-    size: int,
-    member: str | None,
+    ctx: FileScan, r: _Reader, n_tensors: int, data_size: int, member: str | None
 ) -> None:
-    data_size = max(size - data_start, 0)
+    """Sizes from shape and type must lie in the data section; absurd ones are hostile."""
     names: set[str] = set()
-    truncated = None
+    truncated: int | None = None
     reported = 0
-    for name, dims, gtype, offset, at in tensors:
-        ev: dict[str, Any] = {"tensor": name[:200], "dims": dims, "type": gtype, "offset": offset}
-        problem = None
+    for i in range(n_tensors):
+        at = r.pos
+        name, dims, gtype, offset = _tensor_info(r, i)
+        ev = {"tensor": name[:200], "dims": dims, "type": gtype, "offset": offset}
         if name in names:
-            ctx.add(Rule.CONTAINER_ANOMALY, Severity.MEDIUM, f"duplicate tensor {name[:80]!r}",
-                    member, at, ev)  # fmt: skip
+            msg = f"duplicate tensor name {name[:80]!r}"
+            ctx.add(Rule.CONTAINER_ANOMALY, Severity.MEDIUM, msg, member, at, ev)
         names.add(name)
-        elements = 1
-        for d in dims:
-            elements *= d
+        elements = math.prod(dims)
         block, per_block = _GGML.get(gtype, (1, 0))
         nbytes = -(-elements // block) * per_block
+        problem = None
         if any(d >= 1 << 63 for d in dims) or elements >= 1 << 63:
-            problem = f"tensor {name[:80]!r}: shape {dims[:8]} overflows a 64-bit element count"
-        elif nbytes > size or offset > size:
-            problem = (f"tensor {name[:80]!r}: {nbytes} bytes at offset {offset} cannot lie in a "
-                       f"{size}-byte file: a loader trusting it reads out of bounds")  # fmt: skip
+            problem = f"tensor {name[:80]!r}: shape {dims} overflows a 64-bit element count"
+        elif nbytes > r.size or offset > r.size:
+            problem = (
+                f"tensor {name[:80]!r}: {nbytes} bytes at offset {offset} cannot lie in a "
+                f"{r.size}-byte file: a loader that trusts it reads out of bounds"
+            )
         elif gtype not in _GGML:
-            ctx.add(Rule.MALFORMED, Severity.LOW, f"tensor {name[:80]!r}: unknown ggml type "
-                    f"{gtype}, its size was not checked", member, at, ev)  # fmt: skip
-        elif offset + nbytes > data_size:
-            truncated = truncated or at
+            msg = f"tensor {name[:80]!r}: unknown ggml type {gtype}, size not checked"
+            ctx.add(Rule.MALFORMED, Severity.LOW, msg, member, at, ev)
+        elif offset + nbytes > data_size and truncated is None:
+            truncated = at
         if problem and reported < 20:
             reported += 1
             ctx.add(Rule.MALFORMED, Severity.HIGH, problem, member, at, ev)
     if truncated is not None:
-        raise ScanError("tensor data runs past the end of the file (truncated?)",
-                        member=member, offset=truncated)  # fmt: skip
+        msg = "tensor data runs past the end of the file (truncated?)"
+        raise ScanError(msg, member=member, offset=truncated)
 
 
 # -- chat templates ------------------------------------------------------------------------
-# Attribute names that only an escape attempt reads: every dunder, name-mangled privates
-# (``self._TemplateReference__context``), frame/code/function internals and module handles.
-_ESCAPE_NAMES = frozenset(
-    "func_globals func_code gi_frame gi_code f_back f_globals f_locals f_builtins f_code "
-    "tb_frame tb_next cr_frame cr_code ag_frame ag_code co_code mro os sys subprocess builtins "
-    "popen system eval exec import_module spawn check_output format_map".split()
-)
-# Jinja/Flask globals whose attributes lead to module globals (``cycler.__init__.__globals__``).
-_GLOBALS = frozenset(
-    "cycler joiner namespace lipsum range dict config request url_for get_flashed_messages "
-    "raise_exception strftime_now".split()
-)
-_STRING_FILTERS = frozenset("reverse join replace lower upper string trim title capitalize".split())
-_STRING_METHODS = frozenset("join replace format lower upper strip lstrip rstrip".split())
+# Attribute names that only an escape attempt reads (besides every dunder and name-mangled
+# private such as ``self._TemplateReference__context``): frame, code and function internals,
+# module handles and the functions that run commands.
+_ESCAPE_NAMES = frozenset({
+    "func_globals", "func_code", "gi_frame", "gi_code", "f_back", "f_globals", "f_locals",
+    "f_builtins", "f_code", "tb_frame", "tb_next", "cr_frame", "cr_code", "ag_frame",
+    "ag_code", "co_code", "mro", "os", "sys", "subprocess", "builtins", "popen", "system",
+    "eval", "exec", "import_module", "spawn", "check_output", "format_map",
+})  # fmt: skip
+# Template globals whose internals lead to module globals (``cycler.__init__.__globals__``).
+_GLOBALS = frozenset({
+    "cycler", "joiner", "namespace", "lipsum", "range", "dict", "config", "request",
+    "url_for", "get_flashed_messages", "raise_exception", "strftime_now",
+})  # fmt: skip
+_STR_FILTERS = frozenset({"reverse", "join", "replace", "lower", "upper", "string", "trim"})
+_STR_METHODS = frozenset({"join", "replace", "format", "lower", "upper", "strip"})
+# Names that no honest chat template spells, even inside a string constant.
 _BAD_TEXT = re.compile(
     r"__(?:class|mro|subclasses|globals|builtins|init|import|getattribute|base|bases|dict|code"
     r"|func|self|reduce|reduce_ex|loader|spec|getitem|call|module|closure|defaults|new|getattr"
     r"|setattr|file)__|_TemplateReference__context|func_globals|gi_frame|f_back|f_globals"
     r"|f_locals|tb_frame|cr_frame|ag_frame|co_code|import_module|popen"
 )
+_MANGLED = re.compile(r"_[A-Za-z0-9]+__\w")
 MAX_TEMPLATE = 4 << 20
 MAX_NODES = 200_000
+
+Problem = tuple[Severity, str, int, str]
+"""(severity, why, line, token)"""
 
 
 def _bad_name(name: str) -> bool:
     dunder = name.startswith("__") and name.endswith("__") and len(name) > 4
-    mangled = re.match(r"_[A-Za-z0-9]+__\w", name) is not None
-    return dunder or mangled or name in _ESCAPE_NAMES
+    return dunder or _MANGLED.match(name) is not None or name in _ESCAPE_NAMES
 
 
 def check_template(ctx: FileScan, body: str, member: str | None, offset: int) -> None:
-    """Judge a Jinja2 chat template by its syntax tree: parsing runs none of it.
+    """Judge a Jinja2 chat template from its syntax tree; parsing runs none of it.
 
-    A renderer without a sandbox executes whatever the template reaches through attributes,
-    so any walk to dunders, frames, module handles, template globals' internals, computed
-    attribute names, or other templates (``import``/``include``/``extends``) is critical.
+    A renderer without a sandbox runs whatever the template reaches through attributes, so a
+    walk to dunders, frames, module handles, a template global's internals, an attribute
+    name computed at render time, or another template (import/include/extends) is flagged.
     """
     found = _template_problems(body)
     if found is None:
-        ctx.add(Rule.TEMPLATE_INJECTION, Severity.MEDIUM,
-                "chat template cannot be parsed (or is too large), so it cannot be judged",
-                member, offset, {"length": len(body), "head": body[:200]})  # fmt: skip
+        msg = "chat template cannot be parsed (or is too large), so it was not judged"
+        ev = {"length": len(body), "head": body[:200]}
+        ctx.add(Rule.TEMPLATE_INJECTION, Severity.MEDIUM, msg, member, offset, ev)
         return
     lines = body.splitlines() or [""]
     for sev, why, lineno, token in found[:10]:
         line = lines[min(max(lineno, 1), len(lines)) - 1]
         at = max(line.find(token), 0) if token else 0
-        snippet = line[max(at - 80, 0) : at + 120].strip()
-        ctx.add(Rule.TEMPLATE_INJECTION, sev, f"chat template {why}", member, offset,
-                {"expression": snippet, "line": lineno, "access": token[:200]})  # fmt: skip
+        ev = {"expression": line[max(at - 80, 0) : at + 120].strip(), "line": lineno}
+        ev["access"] = token[:200]
+        ctx.add(Rule.TEMPLATE_INJECTION, sev, f"chat template {why}", member, offset, ev)
 
 
-def _template_problems(body: str) -> list[tuple[Severity, str, int, str]] | None:
-    """(severity, why, line, token) per problem, or None when the source cannot be parsed."""
+def _template_problems(body: str) -> list[Problem] | None:
+    """Problems found, or None when the source cannot be judged."""
     if len(body) > MAX_TEMPLATE:
         return None
     try:
         from jinja2 import TemplateSyntaxError
-    except ImportError:
-        return [(Severity.CRITICAL, "names an escape route", 1, m.group())
-                for m in _BAD_TEXT.finditer(body)] or None  # fmt: skip
+    except ImportError:  # without jinja2 only spelled-out names can be seen
+        hits = [m.group() for m in _BAD_TEXT.finditer(body)]
+        return [(Severity.CRITICAL, "names an escape route", 1, h) for h in hits] or None
     try:
-        tree = _environment().parse(body)
+        return _Judge(_environment().parse(body)).problems
     except (TemplateSyntaxError, RecursionError, ValueError, MemoryError):
-        return None
-    try:
-        return _Judge(tree).problems
-    except RecursionError:
         return None
 
 
@@ -322,7 +339,9 @@ def _environment() -> Any:
     from jinja2 import Environment, nodes
     from jinja2.ext import Extension
 
-    class Generation(Extension):  # transformers' {% generation %} ... {% endgeneration %}
+    class Generation(Extension):
+        """transformers' ``{% generation %}...{% endgeneration %}`` marker."""
+
         tags = {"generation"}
 
         def parse(self, parser: Any) -> Any:
@@ -334,14 +353,14 @@ def _environment() -> Any:
 
 
 class _Judge:
-    """One walk over the tree; ``{% set %}`` values are remembered so that names built
-    from string pieces (``'__cla' ~ 'ss__'``) are folded before they are judged."""
+    """One walk over the tree. ``{% set %}`` values are remembered so that names built from
+    pieces (``'__cla' ~ 'ss__'``, ``'__ssalc__'|reverse``) are folded before being judged."""
 
     def __init__(self, tree: Any) -> None:
         from jinja2 import nodes
 
         self.n = nodes
-        self.problems: list[tuple[Severity, str, int, str]] = []
+        self.problems: list[Problem] = []
         self.sets: dict[str, list[Any]] = {}
         for a in tree.find_all(nodes.Assign):
             if isinstance(a.target, nodes.Name):
@@ -356,10 +375,11 @@ class _Judge:
             self.flag(Severity.MEDIUM, f"has over {MAX_NODES} nodes: not judged", tree, "")
 
     def flag(self, sev: Severity, why: str, node: Any, token: str) -> None:
-        self.problems.append((sev, why, getattr(node, "lineno", 1) or 1, token))
+        if not token or all(p[3] != token for p in self.problems):
+            self.problems.append((sev, why, getattr(node, "lineno", 1) or 1, token))
 
     def fold(self, node: Any, depth: int = 0) -> str | None:
-        """The string an expression always evaluates to, if it is built from constants."""
+        """The string an expression always evaluates to, when it is built from constants."""
         n = self.n
         if depth > 20:
             return None
@@ -368,84 +388,86 @@ class _Judge:
         if isinstance(node, n.Name):
             vals = self.sets.get(node.name, [])
             return self.fold(vals[0], depth + 1) if len(vals) == 1 else None
-        parts: list[str | None] = []
-        if isinstance(node, n.Concat):
-            parts = [self.fold(x, depth + 1) for x in node.nodes]
-        elif isinstance(node, n.Add):
-            parts = [self.fold(node.left, depth + 1), self.fold(node.right, depth + 1)]
-        elif isinstance(node, n.Filter) and node.node is not None and node.name in _STRING_FILTERS:
-            base = self.fold(node.node, depth + 1)
-            if base is None:
-                return None
-            if node.name == "reverse":
-                return base[::-1]
-            if node.name == "replace" and len(node.args) == 2:
-                old, new = (self.fold(a, depth + 1) for a in node.args)
-                return base.replace(old, new)[:4096] if old and new is not None else None
-            return {"lower": base.lower(), "upper": base.upper(), "trim": base.strip()}.get(
-                node.name, base if node.name in ("string", "join") else None
-            )
-        if not parts or any(p is None for p in parts):
+        if isinstance(node, n.Concat | n.Add):
+            items = node.nodes if isinstance(node, n.Concat) else [node.left, node.right]
+            return self._join("", items, depth)
+        if not (isinstance(node, n.Filter) and node.node is not None):
             return None
-        return "".join(p for p in parts if p is not None)[:4096]
+        if node.name == "join" and isinstance(node.node, n.List | n.Tuple):
+            sep = self.fold(node.args[0], depth + 1) if node.args else ""
+            return None if sep is None else self._join(sep, node.node.items, depth)
+        base = self.fold(node.node, depth + 1)
+        if base is None or node.name not in _STR_FILTERS:
+            return None
+        if node.name == "replace" and len(node.args) == 2:
+            old, new = (self.fold(a, depth + 1) for a in node.args)
+            return base.replace(old, new)[:4096] if old and new is not None else None
+        simple = {"reverse": base[::-1], "lower": base.lower(), "upper": base.upper()}
+        return simple.get(node.name, base.strip() if node.name == "trim" else base)
+
+    def _join(self, sep: str, items: list[Any], depth: int) -> str | None:
+        parts = [self.fold(x, depth + 1) for x in items]
+        if any(p is None for p in parts):
+            return None
+        return sep.join(p for p in parts if p is not None)[:4096]
 
     def computed(self, node: Any, depth: int = 0) -> bool:
-        """Whether an expression builds a string at render time (the way names are hidden)."""
+        """Whether an expression builds a string at render time (how names are hidden)."""
         n = self.n
-        if isinstance(node, n.Concat | n.Mod):
-            return True
-        if isinstance(node, n.Add):
-            return isinstance(node.left, n.Const) or isinstance(node.right, n.Const)
-        if isinstance(node, n.Filter):
-            return node.name in _STRING_FILTERS
-        if isinstance(node, n.Call) and isinstance(node.node, n.Getattr):
-            return node.node.attr in _STRING_METHODS
+        if isinstance(node, n.Add | n.Mod):
+            sides = (node.left, node.right)
+            return any(isinstance(x, n.Const) and isinstance(x.value, str) for x in sides)
         if isinstance(node, n.Name) and depth < 5:
             return any(self.computed(v, depth + 1) for v in self.sets.get(node.name, []))
-        return False
+        if isinstance(node, n.Call) and isinstance(node.node, n.Getattr):
+            return node.node.attr in _STR_METHODS
+        return isinstance(node, n.Concat) or (
+            isinstance(node, n.Filter) and node.name in _STR_FILTERS
+        )
 
     def name_arg(self, node: Any, arg: Any, via: str, strict: bool) -> None:
         """An attribute or item name given as an expression (``|attr(x)``, ``obj[x]``)."""
         value = self.fold(arg)
-        if value is not None:
-            if _bad_name(value) if strict else _BAD_TEXT.search(value):
-                self.flag(Severity.CRITICAL, f"reaches {value[:60]!r} through {via}", node, value)
-        elif strict or self.computed(arg):
-            self.flag(Severity.HIGH, f"computes a name for {via} at render time", node, via)
+        if value is None:
+            if strict or self.computed(arg):
+                self.flag(Severity.HIGH, f"computes the name for {via} at render time", node, via)
+        elif _bad_name(value) if strict else _BAD_TEXT.search(value):
+            self.flag(Severity.CRITICAL, f"reaches {value[:60]!r} through {via}", node, value)
 
     def visit(self, node: Any) -> None:
         n = self.n
         if isinstance(node, n.Getattr):
+            owner = node.node.name if isinstance(node.node, n.Name) else None
             if _bad_name(node.attr):
                 self.flag(Severity.CRITICAL, f"reads attribute {node.attr!r}", node, node.attr)
-            elif isinstance(node.node, n.Name) and node.node.name in _GLOBALS | {"self"}:
-                if node.node.name != "self" or node.attr.startswith("_"):
-                    self.flag(Severity.CRITICAL, f"reads {node.node.name}.{node.attr}: a "
-                              "template global's internals", node, node.attr)  # fmt: skip
+            elif owner in _GLOBALS or (owner == "self" and node.attr.startswith("_")):
+                why = f"reads {owner}.{node.attr}, a template global's internals"
+                self.flag(Severity.CRITICAL, why, node, node.attr)
         elif isinstance(node, n.Getitem):
             self.name_arg(node, node.arg, "a subscript", strict=False)
-        elif isinstance(node, n.Filter | n.Test):
-            args = list(node.args)
-            if node.name == "attr" and args:
-                self.name_arg(node, args[0], "|attr", strict=True)
-            elif node.name in ("map", "select", "reject") and len(args) > 1:
-                if self.fold(args[0]) == "attr":
-                    self.name_arg(node, args[1], f"|{node.name}('attr')", strict=True)
+        elif isinstance(node, n.Filter | n.Test) and node.args:
+            if node.name == "attr":
+                self.name_arg(node, node.args[0], "|attr", strict=True)
+            elif node.name in ("map", "select", "reject") and self.fold(node.args[0]) == "attr":
+                arg = node.args[1] if len(node.args) > 1 else node.args[0]
+                self.name_arg(node, arg, f"|{node.name}('attr')", strict=True)
         elif isinstance(node, n.Import | n.FromImport | n.Include | n.Extends):
             what = type(node).__name__.lower()
             self.flag(Severity.CRITICAL, f"loads another template ({what})", node, what)
         elif isinstance(node, n.Name | n.NSRef | n.Keyword):
-            name = node.attr if isinstance(node, n.NSRef) else getattr(node, "name", node.key)
-            if isinstance(node, n.Keyword):
-                name = node.key
-            if _bad_name(name) and (name.startswith("_") or isinstance(node, n.Name)):
+            name = getattr(node, {n.Name: "name", n.NSRef: "attr", n.Keyword: "key"}[type(node)])
+            if name.startswith("_") and _bad_name(name):
                 self.flag(Severity.CRITICAL, f"uses the name {name!r}", node, name)
-        elif isinstance(node, n.Call) and isinstance(node.node, n.Getattr):
-            if node.node.attr == "format" and self.fold(node.node.node) is None:
-                self.flag(Severity.HIGH, "formats text not written in the template "
-                          "(str.format reaches attributes)", node, "format")  # fmt: skip
+        elif (
+            isinstance(node, n.Call)
+            and isinstance(node.node, n.Getattr)
+            and node.node.attr == "format"
+            and self.fold(node.node.node) is None
+        ):
+            why = "formats text not written in the template (str.format reads attributes)"
+            self.flag(Severity.HIGH, why, node, "format")
         if isinstance(node, n.Const | n.Concat | n.Add | n.Filter):
             value = self.fold(node)
-            match = _BAD_TEXT.search(value) if value else None
-            if match and not isinstance(node, n.Filter | n.Getitem):
-                self.flag(Severity.CRITICAL, f"spells {match.group()!r}", node, match.group())
+            hit = _BAD_TEXT.search(value) if value else None
+            if hit:
+                self.flag(Severity.CRITICAL, f"spells {hit.group()!r}", node, hit.group())
