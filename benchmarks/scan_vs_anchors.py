@@ -5,6 +5,27 @@ Run by hand from the repository root::
     .venv/bin/python benchmarks/scan_vs_anchors.py \
         [--anchors-python /work/anchors-venv/bin/python] [--corpus-dir DIR] [--big]
 
+Other options: ``--corpus-module-path DIR`` (where ``corpus.py`` lives, default
+``tests/``), ``--tools a,b`` (subset of columns), ``--json-out FILE`` (per-case
+outcomes), ``--skip-corpus`` (only ``--big``), ``--repeat N`` (``--big`` runs per
+timing), ``--trainguard-cli PATH``, ``--timeout S`` (per tool per case, 60).
+
+The anchors venv is made outside the repo, e.g.::
+
+    python3 -m venv /work/anchors-venv
+    /work/anchors-venv/bin/pip install torch==2.13.0 numpy picklescan==1.0.5 \
+        modelscan==0.8.8 fickling==0.1.12 modelaudit==0.2.54
+
+(pin torch exactly: an unpinned one pulls a multi-GB CUDA build). modelaudit is
+always run with ``PROMPTFOO_DISABLE_TELEMETRY=1 NO_ANALYTICS=1``.
+
+Columns: picklescan, modelscan, fickling-cli (``--check-safety``), fickling-api
+(``scan_zip_archive``/``scan_file``, default analyzer), fickling-ml (static
+``fickling.ml.MLAllowlist`` analyzer: fickling's default analyzer calls every
+non-stdlib import unsafe, so it flags every torch checkpoint), modelaudit,
+trainguard-api (``trainguard.scan_path``) and trainguard-cli. The verdict rule of
+each is printed at the top of every run.
+
 The anchors (picklescan, modelscan, fickling, modelaudit) live in a separate
 virtualenv so that their dependencies never touch the project's; every anchor
 invocation is a subprocess of that venv's interpreter or console scripts, with a
@@ -41,6 +62,7 @@ skipped with a message; the anchors still run.
 from __future__ import annotations
 
 import argparse
+import compileall
 import contextlib
 import importlib
 import json
@@ -130,6 +152,9 @@ def run_proc(
 ) -> Proc:
     """Run ``cmd`` in its own process group; kill the whole group at the timeout."""
     env = dict(os.environ)
+    # Every tool gets its bytecode cache, as an installed package has: anchors' .pyc files
+    # were written by pip at install time, trainguard's are compiled in main().
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     env.update(NO_TELEMETRY)
     if env_extra:
         env.update(env_extra)
@@ -372,7 +397,9 @@ def snippet_tool(
     env_extra: dict[str, str] | None = None,
 ) -> Tool:
     def scan(path: Path, timeout: float) -> Outcome:
-        p = run_proc([str(python), "-c", snippet, mode, str(path)], timeout, env_extra=env_extra)
+        with tempfile.TemporaryDirectory(prefix="snippet-") as tmp:
+            cmd = [str(python), "-c", snippet, mode, str(path)]
+            p = run_proc(cmd, timeout, cwd=Path(tmp), env_extra=env_extra)
         if p.rc is None:
             return timeout_outcome(p)
         data = last_json(p.stdout) or {}
@@ -525,23 +552,41 @@ def trainguard_tools(cli: Path | None) -> tuple[list[Tool], list[str]]:
     if exe.exists():
 
         def scan(path: Path, timeout: float) -> Outcome:
-            p = run_proc(
-                [str(exe), "scan", "--format", "json", str(path)],
-                timeout,
-                env_extra=env,
-            )
+            # Neutral cwd: the CLI looks for a pyproject.toml [tool.trainguard] policy.
+            with tempfile.TemporaryDirectory(prefix="trainguard-") as tmp:
+                cmd = [str(exe), "scan", "--format", "json", str(path)]
+                p = run_proc(cmd, timeout, cwd=Path(tmp), env_extra=env)
             if p.rc is None:
                 return timeout_outcome(p)
+            try:
+                report = json.loads(p.stdout)
+            except json.JSONDecodeError:
+                report = {}
+            summary = report.get("summary") if isinstance(report, dict) else None
+            if isinstance(summary, dict):
+                bad = int(summary.get("suspicious", 0)) + int(summary.get("unsafe", 0))
+                errors = int(summary.get("error", 0))
+                detail = f"rc={p.rc} files={summary.get('files')} bad={bad} error={errors}"
+                if bad:
+                    return Outcome("flagged", detail, p.seconds)
+                if errors or p.rc not in (0, 1):
+                    return Outcome("error", detail, p.seconds)
+                if p.rc == 1:  # findings the summary does not count: trust the exit code
+                    return Outcome("flagged", detail, p.seconds)
+                return Outcome("clean", detail, p.seconds)
             by_rc: dict[int, Verdict] = {0: "clean", 1: "flagged"}
-            verdict = by_rc.get(p.rc, "error")
-            return Outcome(verdict, f"rc={p.rc}", p.seconds)
+            detail = f"rc={p.rc} (no JSON summary) {last_line(p.stderr)}"
+            return Outcome(by_rc.get(p.rc, "error"), detail, p.seconds)
 
         tools.append(
             Tool(
                 "trainguard-cli",
                 scan,
                 takes_dirs=True,
-                rule="`trainguard scan --format json PATH`: rc 0 clean, 1 flagged, else error.",
+                rule="`trainguard scan --format json PATH` (temp cwd): JSON summary "
+                "suspicious+unsafe>0 = flagged (rc 2 wins over 1 in trainguard too); "
+                "else summary.error>0 or rc not 0/1 = error; rc 1 = flagged; rc 0 = clean. "
+                "Without a JSON summary: rc 0 clean, 1 flagged, else error.",
             )
         )
     else:
@@ -686,6 +731,12 @@ def print_timings(title: str, results: dict[str, Outcome]) -> None:
         print(f"  {name:<15} {o.seconds:>9.2f} {ratio:>7}  {'':<16} {o.verdict}: {o.detail[:70]}")
 
 
+def timed(tool: Tool, path: Path, timeout: float, repeat: int) -> Outcome:
+    """Median wall time of ``repeat`` runs; the verdict of the last run."""
+    runs = [tool.scan(path, timeout) for _ in range(max(1, repeat))]
+    return Outcome(runs[-1].verdict, runs[-1].detail, statistics.median(r.seconds for r in runs))
+
+
 def run_big(
     tools: dict[str, Tool],
     tmp: Path,
@@ -693,6 +744,7 @@ def run_big(
     tensors: int,
     numel: int,
     count: int,
+    repeat: int,
 ) -> None:
     big = tmp / "big.pt"
     print(f"\n--big: writing {tensors} x {numel} float32 tensors to {big} ...", flush=True)
@@ -716,9 +768,10 @@ def run_big(
     for name in order:
         if name in tools:
             print(f"  timing {name} ...", flush=True)
-            results[name] = tools[name].scan(big, timeout)
+            results[name] = timed(tools[name], big, timeout, repeat)
     print_timings(
-        f"One {big.stat().st_size / 2**30:.2f} GiB torch.save checkpoint (page cache warm):",
+        f"One {big.stat().st_size / 2**30:.2f} GiB torch.save checkpoint "
+        f"(page cache warm, median of {repeat} runs):",
         results,
     )
     big.unlink()
@@ -731,9 +784,10 @@ def run_big(
     for name in ("picklescan", "trainguard-cli", "trainguard-api"):
         if name in tools:
             print(f"  timing {name} on the folder ...", flush=True)
-            results[name] = tools[name].scan(folder, timeout)
+            results[name] = timed(tools[name], folder, timeout, repeat)
     print_timings(
-        f"Folder of {count} small torch.save checkpoints, one process per tool:",
+        f"Folder of {count} small torch.save checkpoints, one process per tool "
+        f"(median of {repeat} runs):",
         results,
     )
 
@@ -817,6 +871,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--big-tensors", type=int, default=256)
     ap.add_argument("--big-numel", type=int, default=1 << 20)
     ap.add_argument("--many-count", type=int, default=1000)
+    ap.add_argument("--repeat", type=int, default=3, help="--big: runs per timing (median)")
     ap.add_argument("--json-out", type=Path, help="write per-case outcomes here")
     return ap.parse_args(argv)
 
@@ -841,6 +896,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     versions = anchor_versions(anchors_python)
+    compileall.compile_dir(str(REPO / "src" / "trainguard"), quiet=1)
     print(
         "Anchor versions ("
         + str(anchors_python)
@@ -900,6 +956,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.big_tensors,
                 args.big_numel,
                 args.many_count,
+                args.repeat,
             )
     return 0
 
