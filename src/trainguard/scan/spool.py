@@ -5,7 +5,7 @@ from __future__ import annotations
 import tempfile
 import zlib
 from collections.abc import Callable
-from typing import IO, Protocol
+from typing import IO, Any, Protocol
 
 from trainguard.errors import LimitExceeded, ScanError
 from trainguard.scan.limits import Budget
@@ -31,12 +31,50 @@ class _Zlib:
         return self._d.decompress(data, max(max_length, 0))
 
     @property
+    def unused_data(self) -> bytes:
+        return self._d.unused_data
+
+    @property
     def needs_input(self) -> bool:
         return not self._d.unconsumed_tail
 
     @property
     def eof(self) -> bool:
         return self._d.eof
+
+
+class _ZipLzma:
+    """LZMA as stored in zip members: version (2 bytes), properties size (2), properties,
+    then a raw LZMA1 stream (what ``zipfile`` and so ``numpy.load`` read)."""
+
+    def __init__(self) -> None:
+        self._head = b""
+        self._d: Any = None
+
+    def decompress(self, data: bytes, max_length: int = -1) -> bytes:
+        import lzma
+
+        if self._d is None:
+            self._head += data
+            if len(self._head) < 4:
+                return b""
+            size = int.from_bytes(self._head[2:4], "little")
+            if len(self._head) < 4 + size:
+                return b""
+            props = self._head[4 : 4 + size]
+            filt = lzma._decode_filter_properties(lzma.FILTER_LZMA1, props)  # type: ignore[attr-defined]
+            self._d = lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=[filt])
+            data, self._head = self._head[4 + size :], b""
+        out: bytes = self._d.decompress(data, max_length)
+        return out
+
+    @property
+    def needs_input(self) -> bool:
+        return self._d is None or bool(self._d.needs_input)
+
+    @property
+    def eof(self) -> bool:
+        return self._d is not None and bool(self._d.eof)
 
 
 def new_decompressor(kind: str) -> Decompressor:
@@ -54,6 +92,8 @@ def new_decompressor(kind: str) -> Decompressor:
         import lzma
 
         return lzma.LZMADecompressor()
+    if kind == "zip-lzma":
+        return _ZipLzma()
     if kind == "lz4":
         try:
             import lz4.frame
@@ -61,6 +101,10 @@ def new_decompressor(kind: str) -> Decompressor:
             raise ScanError("lz4-compressed data, and the lz4 package is not installed") from None
         return lz4.frame.LZ4FrameDecompressor()  # type: ignore[no-any-return]
     raise ScanError(f"unsupported compression {kind}")
+
+
+MULTISTREAM = frozenset({"gzip", "bz2", "xz", "lzma", "lz4", "zlib"})
+"""Formats whose file readers go on into a next stream after the first one ends."""
 
 
 def decompress_to_spool(
@@ -74,17 +118,30 @@ def decompress_to_spool(
     """Stream ``read`` through a decompressor into a temporary file (memory up to 64 MiB).
 
     Output is produced in bounded pieces (``max_length``), so a bomb is stopped at the limit
-    after writing at most one chunk past it, never fully inflated in memory.
+    after writing at most one chunk past it, never fully inflated in memory. Concatenated
+    streams are followed as ``gzip.open``/``bz2.open``/``lzma.open``/lz4 readers follow them;
+    bytes after the last stream that do not start a new one end the data, as those readers
+    fail only after returning everything before them.
     """
     dec = new_decompressor(kind)
     limit = budget.limits.max_member_bytes if limit is None else limit
     lim = budget.limits
     spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)  # noqa: SIM115 - returned
     produced = consumed = 0
+    pending = b""
+    fresh = False  # a follow-on stream that has produced nothing yet
     try:
-        while not getattr(dec, "eof", False):
-            data = b""
-            if getattr(dec, "needs_input", True):
+        while True:
+            if getattr(dec, "eof", False):
+                left = bytes(getattr(dec, "unused_data", None) or b"")
+                pending = left or read(CHUNK)
+                consumed += 0 if left else len(pending)
+                if kind not in MULTISTREAM or not pending:
+                    break
+                dec, fresh = new_decompressor(kind), True
+                continue
+            data, pending = pending, b""
+            if not data and getattr(dec, "needs_input", True):
                 data = read(CHUNK)
                 if not data:
                     break
@@ -92,7 +149,11 @@ def decompress_to_spool(
             try:
                 out = dec.decompress(data, CHUNK)
             except Exception as exc:  # noqa: BLE001 - zlib/bz2/lzma/lz4 each raise their own
+                if fresh:
+                    break  # trailing bytes that are not another stream
                 raise ScanError(f"corrupt {kind} data: {exc}", offset=consumed) from None
+            if out:
+                fresh = False
             spool.write(out)
             produced += len(out)
             budget.add_decompressed(len(out))

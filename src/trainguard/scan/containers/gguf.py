@@ -32,19 +32,7 @@ MAX_NESTING = 8
 TEMPLATE_KEY = "tokenizer.chat_template"
 _CHUNK = 1 << 16
 _STRING, _ARRAY = 8, 9
-_SCALARS = {
-    0: "B",
-    1: "b",
-    2: "H",
-    3: "h",
-    4: "I",
-    5: "i",
-    6: "f",
-    7: "?",
-    10: "Q",
-    11: "q",
-    12: "d",
-}
+_SCALARS = dict(zip((0, 1, 2, 3, 4, 5, 6, 7, 10, 11, 12), "BbHhIif?Qqd", strict=True))
 # ggml type -> (block size, bytes per block), as in gguf-py's GGML_QUANT_SIZES
 _GGML = {
     0: (1, 4), 1: (1, 2), 2: (32, 18), 3: (32, 20), 6: (32, 22), 7: (32, 24), 8: (32, 34),
@@ -109,7 +97,7 @@ class _Reader:
     def need(self, count: int, unit: int, what: str) -> None:
         """Declared ``count`` items of at least ``unit`` bytes must fit in what is left."""
         need = count * unit
-        if need > self.size or need > self.cap or self.pos + need > self.cap:
+        if need > self.size or self.pos + need > self.cap:
             raise _Hostile(
                 f"{what} declares {count} items (at least {need} bytes) in a {self.size}-byte "
                 f"file: header built to exhaust memory",
@@ -117,7 +105,8 @@ class _Reader:
                 {"declared": count, "min_bytes": need, "file_size": self.size},
             )
         if self.pos + need > self.size:
-            raise ScanError(f"GGUF {what} runs past the end (truncated)", member=self.member)
+            msg = f"GGUF {what} runs past the end of the file (truncated)"
+            raise ScanError(msg, member=self.member, offset=self.pos)
 
     def skip(self, n: int) -> None:
         if self.pos + n > self.size:
@@ -178,12 +167,13 @@ def _read(ctx: FileScan, r: _Reader, member: str | None) -> None:
     n_tensors, n_kv = r.count(), r.count()
     r.need(n_tensors, r.count_len + 4 + 4 + 8, "tensor count")
     r.need(n_kv, r.count_len + 4 + 1, "key/value count")
-    alignment = 32
+    alignment, dups = 32, 0
     seen: set[str] = set()
     for _ in range(n_kv):
         ctx.budget.check_time()
         key = (r.string(keep=True) or b"").decode("utf-8", "replace")
-        if key in seen:
+        if key in seen and dups < 20:
+            dups += 1
             msg = f"duplicate key {key[:120]!r}: loaders disagree on which value counts"
             ctx.add(Rule.CONTAINER_ANOMALY, Severity.MEDIUM, msg, member, r.pos, {"key": key[:200]})
         seen.add(key)
@@ -232,7 +222,8 @@ def _check_tensors(
         at = r.pos
         name, dims, gtype, offset = _tensor_info(r, i)
         ev = {"tensor": name[:200], "dims": dims, "type": gtype, "offset": offset}
-        if name in names:
+        if name in names and reported < 20:
+            reported += 1
             msg = f"duplicate tensor name {name[:80]!r}"
             ctx.add(Rule.CONTAINER_ANOMALY, Severity.MEDIUM, msg, member, at, ev)
         names.add(name)
@@ -272,12 +263,11 @@ _ESCAPE_NAMES = frozenset({
 })  # fmt: skip
 # Template globals whose internals lead to module globals (``cycler.__init__.__globals__``).
 _GLOBALS = frozenset({
-    "cycler", "joiner", "namespace", "lipsum", "range", "dict", "config", "request",
-    "url_for", "get_flashed_messages", "raise_exception", "strftime_now",
+    "cycler", "joiner", "namespace", "lipsum", "range", "dict", "raise_exception", "strftime_now",
 })  # fmt: skip
 _STR_FILTERS = frozenset({"reverse", "join", "replace", "lower", "upper", "string", "trim"})
 _STR_METHODS = frozenset({"join", "replace", "format", "lower", "upper", "strip"})
-# Names that no honest chat template spells, even inside a string constant.
+# Names that no honest chat template uses as a name or in a format field.
 _BAD_TEXT = re.compile(
     r"__(?:class|mro|subclasses|globals|builtins|init|import|getattribute|base|bases|dict|code"
     r"|func|self|reduce|reduce_ex|loader|spec|getitem|call|module|closure|defaults|new|getattr"
@@ -304,7 +294,14 @@ def check_template(ctx: FileScan, body: str, member: str | None, offset: int) ->
     walk to dunders, frames, module handles, a template global's internals, an attribute
     name computed at render time, or another template (import/include/extends) is flagged.
     """
-    found = _template_problems(body)
+    try:
+        found = _template_problems(body)
+    except ImportError:  # jinja2 is optional: only names spelled out in full can be seen
+        hits = [m.group() for m in _BAD_TEXT.finditer(body)]
+        found = [(Severity.CRITICAL, "names an escape route", 1, h) for h in hits]
+        if not found:
+            msg = "jinja2 is not installed: chat template not judged (pip install jinja2)"
+            ctx.fail(ScanError(msg, member=member, offset=offset), member)
     if found is None:
         msg = "chat template cannot be parsed (or is too large), so it was not judged"
         ev = {"length": len(body), "head": body[:200]}
@@ -320,14 +317,11 @@ def check_template(ctx: FileScan, body: str, member: str | None, offset: int) ->
 
 
 def _template_problems(body: str) -> list[Problem] | None:
-    """Problems found, or None when the source cannot be judged."""
+    """Problems found, or None when the source cannot be judged (ImportError: no jinja2)."""
+    from jinja2 import TemplateSyntaxError
+
     if len(body) > MAX_TEMPLATE:
         return None
-    try:
-        from jinja2 import TemplateSyntaxError
-    except ImportError:  # without jinja2 only spelled-out names can be seen
-        hits = [m.group() for m in _BAD_TEXT.finditer(body)]
-        return [(Severity.CRITICAL, "names an escape route", 1, h) for h in hits] or None
     try:
         return _Judge(_environment().parse(body)).problems
     except (TemplateSyntaxError, RecursionError, ValueError, MemoryError):
@@ -362,6 +356,7 @@ class _Judge:
         self.n = nodes
         self.problems: list[Problem] = []
         self.sets: dict[str, list[Any]] = {}
+        self.names_computed: dict[str, bool] = {}
         for a in tree.find_all(nodes.Assign):
             if isinstance(a.target, nodes.Name):
                 self.sets.setdefault(a.target.name, []).append(a.node)
@@ -370,12 +365,12 @@ class _Judge:
             node = stack.pop()
             seen += 1
             self.visit(node)
-            stack.extend(node.iter_child_nodes())
+            stack.extend(reversed(list(node.iter_child_nodes())))
         if stack:
             self.flag(Severity.MEDIUM, f"has over {MAX_NODES} nodes: not judged", tree, "")
 
     def flag(self, sev: Severity, why: str, node: Any, token: str) -> None:
-        if not token or all(p[3] != token for p in self.problems):
+        if len(self.problems) < 50 and all(p[3] != token or not token for p in self.problems):
             self.problems.append((sev, why, getattr(node, "lineno", 1) or 1, token))
 
     def fold(self, node: Any, depth: int = 0) -> str | None:
@@ -384,7 +379,7 @@ class _Judge:
         if depth > 20:
             return None
         if isinstance(node, n.Const):
-            return node.value if isinstance(node.value, str) else None
+            return node.value[:4096] if isinstance(node.value, str) else None
         if isinstance(node, n.Name):
             vals = self.sets.get(node.name, [])
             return self.fold(vals[0], depth + 1) if len(vals) == 1 else None
@@ -401,7 +396,9 @@ class _Judge:
             return None
         if node.name == "replace" and len(node.args) == 2:
             old, new = (self.fold(a, depth + 1) for a in node.args)
-            return base.replace(old, new)[:4096] if old and new is not None else None
+            if not old or new is None or base.count(old) * len(new) > 1 << 16:
+                return None
+            return base.replace(old, new)[:4096]
         simple = {"reverse": base[::-1], "lower": base.lower(), "upper": base.upper()}
         return simple.get(node.name, base.strip() if node.name == "trim" else base)
 
@@ -411,14 +408,18 @@ class _Judge:
             return None
         return sep.join(p for p in parts if p is not None)[:4096]
 
-    def computed(self, node: Any, depth: int = 0) -> bool:
+    def computed(self, node: Any) -> bool:
         """Whether an expression builds a string at render time (how names are hidden)."""
         n = self.n
         if isinstance(node, n.Add | n.Mod):
             sides = (node.left, node.right)
             return any(isinstance(x, n.Const) and isinstance(x.value, str) for x in sides)
-        if isinstance(node, n.Name) and depth < 5:
-            return any(self.computed(v, depth + 1) for v in self.sets.get(node.name, []))
+        if isinstance(node, n.Name):  # once per name: assignments may refer to each other
+            if node.name not in self.names_computed:
+                self.names_computed[node.name] = False
+                vals = self.sets.get(node.name, [])
+                self.names_computed[node.name] = any(self.computed(v) for v in vals)
+            return self.names_computed[node.name]
         if isinstance(node, n.Call) and isinstance(node.node, n.Getattr):
             return node.node.attr in _STR_METHODS
         return isinstance(node, n.Concat) or (
@@ -431,8 +432,19 @@ class _Judge:
         if value is None:
             if strict or self.computed(arg):
                 self.flag(Severity.HIGH, f"computes the name for {via} at render time", node, via)
-        elif _bad_name(value) if strict else _BAD_TEXT.search(value):
+        elif any(map(_bad_name, value.split("."))) if strict else _BAD_TEXT.search(value):
             self.flag(Severity.CRITICAL, f"reaches {value[:60]!r} through {via}", node, value)
+
+    def attribute_args(self, node: Any) -> None:
+        """Filters that read attributes by name: ``attr``, ``map(attribute=...)``, ..."""
+        args, via = list(node.args), f"|{node.name}"
+        if node.name in ("attr", "selectattr", "rejectattr", "groupby") and args:
+            self.name_arg(node, args[0], via, strict=True)
+        elif node.name in ("map", "select", "reject") and args and self.fold(args[0]) == "attr":
+            self.name_arg(node, args[-1], f"{via}('attr')", strict=True)
+        for kw in node.kwargs:
+            if kw.key == "attribute":
+                self.name_arg(node, kw.value, f"{via}(attribute=)", strict=True)
 
     def visit(self, node: Any) -> None:
         n = self.n
@@ -445,12 +457,8 @@ class _Judge:
                 self.flag(Severity.CRITICAL, why, node, node.attr)
         elif isinstance(node, n.Getitem):
             self.name_arg(node, node.arg, "a subscript", strict=False)
-        elif isinstance(node, n.Filter | n.Test) and node.args:
-            if node.name == "attr":
-                self.name_arg(node, node.args[0], "|attr", strict=True)
-            elif node.name in ("map", "select", "reject") and self.fold(node.args[0]) == "attr":
-                arg = node.args[1] if len(node.args) > 1 else node.args[0]
-                self.name_arg(node, arg, f"|{node.name}('attr')", strict=True)
+        elif isinstance(node, n.Filter | n.Test):
+            self.attribute_args(node)
         elif isinstance(node, n.Import | n.FromImport | n.Include | n.Extends):
             what = type(node).__name__.lower()
             self.flag(Severity.CRITICAL, f"loads another template ({what})", node, what)
@@ -467,7 +475,9 @@ class _Judge:
             why = "formats text not written in the template (str.format reads attributes)"
             self.flag(Severity.HIGH, why, node, "format")
         if isinstance(node, n.Const | n.Concat | n.Add | n.Filter):
-            value = self.fold(node)
-            hit = _BAD_TEXT.search(value) if value else None
-            if hit:
+            # a string that is such a name, or a format string (``'{0.__class__}'``) naming
+            # one; prose that merely mentions ``__init__`` is left alone
+            value = self.fold(node) or ""
+            hit = _BAD_TEXT.search(value)
+            if hit and (hit.group() == value.strip() or "{" in value):
                 self.flag(Severity.CRITICAL, f"spells {hit.group()!r}", node, hit.group())

@@ -125,7 +125,8 @@ def _judge(obj: dict[str, Any], config: Any) -> list[tuple[Rule, Severity, str]]
     cls, module = obj.get("class_name"), obj.get("module")
     config = config if isinstance(config, dict) else {}
     if cls == "__lambda__":
-        return [(Rule.CODE_EXECUTION, Severity.CRITICAL, "lambda stored as marshalled bytecode")]
+        msg = "lambda stored as marshalled Python bytecode that load_model runs"
+        return [(Rule.CODE_EXECUTION, Severity.CRITICAL, msg)]
     out: list[tuple[Rule, Severity, str]] = []
     if cls == "Lambda":
         fn, ftype = config.get("function"), config.get("function_type")

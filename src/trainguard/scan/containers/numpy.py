@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from trainguard.errors import ScanError
 from trainguard.findings import Rule, Severity
+from trainguard.scan.dtypes import parse_dtype
 
 if TYPE_CHECKING:
     from trainguard.scan.engine import FileScan
@@ -27,11 +28,21 @@ def sniff(head: bytes, win: Window) -> str | None:
 
 
 def _has_object(descr: Any) -> bool:
+    """Whether numpy would build a dtype holding objects from this header ``descr``.
+
+    Strings are dtype strings (``'|O'``, ``'i4,O'``, ``'(2,)O'``, ``'object'``); lists are
+    structured fields ``(name, type[, shape])``. Anything else cannot be ruled out.
+    """
     if isinstance(descr, str):
-        return descr.lstrip("<>|=").startswith("O")
+        return parse_dtype(descr)[1]
     if isinstance(descr, list):
-        return any(isinstance(f, tuple) and len(f) >= 2 and _has_object(f[1]) for f in descr)
-    return True  # an unreadable description cannot be ruled out
+        for field in descr:
+            if not (isinstance(field, tuple) and len(field) in (2, 3)):
+                return True
+            if _has_object(field[1]):
+                return True
+        return False
+    return True
 
 
 def scan(ctx: FileScan, win: Window, member: str | None, depth: int, top: bool) -> None:

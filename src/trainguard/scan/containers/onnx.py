@@ -58,24 +58,32 @@ def _varint(data: bytes, pos: int) -> tuple[int, int] | None:
 
 
 def sniff(head: bytes, win: Window) -> str | None:
-    """ModelProto fields, in order, from ``ir_version`` on; the last may run past the head."""
-    if head[:1] != b"\x08":
-        return None
-    pos, fields, seen = 0, 0, set()
-    while pos < len(head):
-        tag = _varint(head, pos)
+    """``ir_version`` first (every serializer writes it first), then only ModelProto fields
+    up to the ``graph`` tag.
+
+    Tags are followed past the head (payloads are skipped, not read) because a long
+    ``doc_string`` may push the graph out of it. Requiring the graph keeps other protobufs
+    that start the same way (a TensorFlow SavedModel: field 1 varint, then field 2) out.
+    """
+    pos, first = 0, True
+    for _ in range(64):
+        data = head[pos : pos + 20] if pos + 20 <= len(head) else win.peek_at(pos, 20)
+        tag = _varint(data, 0)
         if tag is None or _MODEL_WIRE.get(tag[0] >> 3) != tag[0] & 7:
             return None
-        value = _varint(head, tag[1])
-        if value is None:
+        field, value = tag[0] >> 3, _varint(data, tag[1])
+        if value is None or first != (field == 1):
             return None
-        field = tag[0] >> 3
-        if (field == 1 and not 1 <= value[0] <= 100) or (field == 1 and fields):
-            return None
-        pos = value[1] + (value[0] if tag[0] & 7 == 2 else 0)
-        fields += 1
-        seen.add(field)
-    return "onnx" if fields >= 2 and (7 in seen or pos > len(head)) else None
+        if field == 7:
+            return "onnx"
+        pos += value[1] + (value[0] if tag[0] & 7 == 2 else 0)
+        if field in (2, 3, 4) and pos <= len(head):
+            try:
+                head[pos - value[0] : pos].decode("utf-8")
+            except UnicodeDecodeError:
+                return None
+        first = False
+    return None
 
 
 class _Reader:

@@ -32,7 +32,7 @@ def sniff(head: bytes, win: Window) -> str | None:
     return None
 
 
-def parses_a_while(win: Window, ops: int = 3) -> bool:
+def parses_a_while(win: Window, ops: int = 4) -> bool:
     """True when the first opcodes decode (protocol 0/1 pickles have no magic number).
 
     A line too long for the reader still counts: ``pickle.load`` would read it.

@@ -31,6 +31,7 @@ _METHODS = {
     zipfile.ZIP_STORED: None,
     zipfile.ZIP_DEFLATED: "deflate",
     zipfile.ZIP_BZIP2: "bz2",
+    zipfile.ZIP_LZMA: "zip-lzma",
 }
 _TORCH_TEXT = re.compile(
     r"(?:[^/]+/)?(?:\.data/)?(?:version|byteorder|serialization_id|\.format_version|"
