@@ -23,7 +23,7 @@ def test_all_is_exact():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     public = set(out.stdout.split())
     exported = set(trainguard.__all__) - {"__version__"}
-    submodules = {"errors", "findings", "scan", "exit_codes"}
+    submodules = {"errors", "findings", "scan", "exit_codes", "audithook"}
     assert exported <= public
     assert public - exported <= submodules
 

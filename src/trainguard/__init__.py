@@ -8,11 +8,15 @@ from trainguard.errors import (
     ConfigError,
     IntegrityError,
     LimitExceeded,
+    LoadBlocked,
     ScanError,
+    SuspiciousCallBlocked,
     TrainguardError,
     VerificationError,
 )
 from trainguard.findings import FileResult, Finding, Location, Rule, ScanReport, Severity, Verdict
+from trainguard.load import load
+from trainguard.protect import protect, protected, unprotect
 from trainguard.scan import Limits, Policy, scan_bytes, scan_file, scan_path
 
 __version__ = "0.1.0"
@@ -24,17 +28,23 @@ __all__ = [
     "IntegrityError",
     "LimitExceeded",
     "Limits",
+    "LoadBlocked",
     "Location",
     "Policy",
     "Rule",
     "ScanError",
     "ScanReport",
     "Severity",
+    "SuspiciousCallBlocked",
     "TrainguardError",
     "Verdict",
     "VerificationError",
     "__version__",
+    "load",
+    "protect",
+    "protected",
     "scan_bytes",
     "scan_file",
     "scan_path",
+    "unprotect",
 ]

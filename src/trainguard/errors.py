@@ -5,6 +5,8 @@
     TrainguardError            every error trainguard raises on purpose
      +-- ScanError             an input could not be read or parsed to the end
      |    +-- LimitExceeded    a resource bound (size, ops, depth, ratio, time) was hit
+     +-- LoadBlocked           a load was refused: the file was judged unsafe or unscannable
+     |    +-- SuspiciousCallBlocked   code ran during a load and tried a blocked action
      +-- ConfigError           a policy or configuration file is wrong
      +-- IntegrityError        something that was recorded no longer matches
      +-- VerificationError     a signature or manifest does not verify
@@ -15,11 +17,15 @@ the caller; ``verify_*`` functions raise. The CLI catches only ``TrainguardError
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "ConfigError",
     "IntegrityError",
     "LimitExceeded",
+    "LoadBlocked",
     "ScanError",
+    "SuspiciousCallBlocked",
     "TrainguardError",
     "VerificationError",
 ]
@@ -57,6 +63,43 @@ class ScanError(TrainguardError):
 
 class LimitExceeded(ScanError):
     """A bound that keeps scanning cheap was reached (a bomb, or a file too big to judge)."""
+
+
+class LoadBlocked(TrainguardError):
+    """A file was not handed to a loader (or a load was stopped).
+
+    ``path``, ``member``, ``global_name`` and ``rule`` say what was found where; ``result``
+    is the full scan result when there is one; ``finding`` is the ``load.blocked`` finding
+    that was recorded.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str,
+        member: str | None = None,
+        global_name: str | None = None,
+        rule: str | None = None,
+        result: Any = None,
+        finding: Any = None,
+    ) -> None:
+        super().__init__(message)
+        self.path = path
+        self.member = member
+        self.global_name = global_name
+        self.rule = rule
+        self.result = result
+        self.finding = finding
+
+
+class SuspiciousCallBlocked(LoadBlocked):
+    """Code running inside a load tried something a checkpoint never needs (a shell, a
+    socket, a signal, new code); the audit hook stopped it."""
+
+    def __init__(self, message: str, *, event: str, path: str, finding: Any = None) -> None:
+        super().__init__(message, path=path, rule="runtime.suspicious_call", finding=finding)
+        self.event = event
 
 
 class ConfigError(TrainguardError):

@@ -15,6 +15,7 @@ from typing import Any
 __all__ = [
     "FileResult",
     "Finding",
+    "GlobalRecord",
     "Location",
     "Rule",
     "ScanReport",
@@ -71,6 +72,7 @@ class Rule(enum.StrEnum):
     POLICY_EXPIRED = "scan.policy_expired"
     ERROR = "scan.error"
     LOAD_BLOCKED = "load.blocked"
+    SUSPICIOUS_CALL = "runtime.suspicious_call"
 
     def __str__(self) -> str:
         return self.value
@@ -143,6 +145,35 @@ def verdict_of(findings: Iterable[Finding], complete: bool) -> Verdict:
 
 
 @dataclass(frozen=True, slots=True)
+class GlobalRecord:
+    """One global that a pickle stream references, and how the policy judged it.
+
+    ``module``/``qualname`` are as written in the stream (what ``find_class`` receives);
+    ``name`` is the canonical ``module.qualname`` the policy judged.
+    """
+
+    name: str
+    module: str
+    qualname: str
+    member: str | None
+    use: str
+    status: str
+    reason: str
+    offset: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "written": f"{self.module}.{self.qualname}",
+            "member": self.member,
+            "use": self.use,
+            "status": self.status,
+            "reason": self.reason,
+            "offset": self.offset,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class FileResult:
     """The outcome of scanning one file (with everything nested inside it)."""
 
@@ -153,8 +184,11 @@ class FileResult:
     complete: bool
     bytes_read: int = 0
     members: tuple[str, ...] = ()
+    globals: tuple[GlobalRecord, ...] = ()
+    """Every global referenced by every pickle stream in the file (see ``--explain``)."""
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, *, explain: bool = False) -> dict[str, Any]:
+        extra = {"globals": [g.to_json() for g in self.globals]} if explain else {}
         return {
             "path": self.path,
             "format": self.format,
@@ -163,6 +197,7 @@ class FileResult:
             "bytes_read": self.bytes_read,
             "members": list(self.members),
             "findings": [f.to_json() for f in self.findings],
+            **extra,
         }
 
 
@@ -186,5 +221,8 @@ class ScanReport:
             "seconds": round(self.seconds, 4),
         }
 
-    def to_json(self) -> dict[str, Any]:
-        return {"files": [f.to_json() for f in self.files], "summary": self.summary()}
+    def to_json(self, *, explain: bool = False) -> dict[str, Any]:
+        return {
+            "files": [f.to_json(explain=explain) for f in self.files],
+            "summary": self.summary(),
+        }

@@ -21,6 +21,7 @@ _RULE_TEXT = {
     Rule.POLICY_EXPIRED: "An allowlist entry that covered this file has expired.",
     Rule.ERROR: "The file could not be scanned to the end.",
     Rule.LOAD_BLOCKED: "A load was blocked by policy.",
+    Rule.SUSPICIOUS_CALL: "Code running during a load attempted a blocked action.",
 }
 
 

@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from trainguard.errors import LimitExceeded, ScanError
-from trainguard.findings import FileResult, Finding, Location, Rule, Severity, verdict_of
+from trainguard.findings import (
+    FileResult,
+    Finding,
+    GlobalRecord,
+    Location,
+    Rule,
+    Severity,
+    verdict_of,
+)
 from trainguard.scan import allowlists
 from trainguard.scan.limits import Budget, Limits
 from trainguard.scan.opcodes import PickleMachine, StreamResult
@@ -71,6 +79,7 @@ class FileScan:
         self.limits = limits
         self.budget = Budget(limits)
         self.findings: list[Finding] = []
+        self.globals: list[GlobalRecord] = []
         self.complete = True
         self.members: list[str] = []
         self.windows: list[Window] = []
@@ -189,10 +198,22 @@ class FileScan:
         digest = self.file_sha256()
         for g in res.globals.values():
             j = self.policy.judge(g.module, g.name, g.uses, digest)
-            if j.status is Status.SAFE:
-                continue
             worst = g.uses.worst
             name = ".".join(canonical(g.module, g.name))
+            self.globals.append(
+                GlobalRecord(
+                    name,
+                    g.written_module,
+                    g.written_name,
+                    member,
+                    worst.label,
+                    j.status.value,
+                    j.reason,
+                    g.offsets[0] if g.offsets else None,
+                )
+            )
+            if j.status is Status.SAFE:
+                continue
             shown = name if g.raw == name else f"{name} (written {g.raw})"
             evidence = {
                 "global": name,
@@ -248,4 +269,5 @@ class FileScan:
             complete=self.complete,
             bytes_read=sum(w.bytes_read for w in self.windows),
             members=tuple(self.members),
+            globals=tuple(self.globals),
         )

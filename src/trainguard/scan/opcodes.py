@@ -119,6 +119,8 @@ class GlobalUse:
     module: str
     name: str
     raw: str
+    written_module: str = ""
+    written_name: str = ""
     uses: Use = Use.REF
     offsets: list[int] = field(default_factory=list)
     opcodes: set[str] = field(default_factory=set)
@@ -254,6 +256,7 @@ class PickleMachine:
         proto = self.result.protocol
         if not (isinstance(module, str) and isinstance(name, str)):
             raise ScanError("global name is not text", offset=pos)
+        written = (module, name)
         raw = f"{module}.{name}"
         if proto < 3 and (module, name) in _compat_pickle.NAME_MAPPING:
             module, name = _compat_pickle.NAME_MAPPING[(module, name)]
@@ -268,15 +271,21 @@ class PickleMachine:
                 {"global": raw},
             )
         ref = GlobalRef(module, name, pos)
-        self._record(ref, Use.REF, pos, opname, raw)
+        self._record(ref, Use.REF, pos, opname, written)
         return ref
 
     def _record(
-        self, ref: GlobalRef, use: Use, pos: int, opname: str, raw: str | None = None
+        self,
+        ref: GlobalRef,
+        use: Use,
+        pos: int,
+        opname: str,
+        written: tuple[str, str] | None = None,
     ) -> None:
         g = self.result.globals.get(ref.key)
         if g is None:
-            g = GlobalUse(ref.module, ref.name, raw or ref.key)
+            wm, wn = written or (ref.module, ref.name)
+            g = GlobalUse(ref.module, ref.name, f"{wm}.{wn}", wm, wn)
             self.result.globals[ref.key] = g
         g.uses |= use
         g.count += 1
