@@ -93,3 +93,43 @@ def test_console_script_runs(files):
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["summary"]["safe"] == 1
+
+
+def test_explain_lists_every_global_with_its_judgement(tmp_path: Path, capsys):
+    from pk import glob, proto
+
+    p = tmp_path / "mixed.pkl"
+    p.write_bytes(
+        proto(2)
+        + glob("collections", "OrderedDict")
+        + b")R"
+        + glob("mylab.models", "Net")
+        + b")\x81\x86."
+    )
+    main(["scan", "--explain", str(p)])
+    out = capsys.readouterr().out
+    assert "collections.OrderedDict" in out and "mylab.models.Net" in out
+    assert "safe" in out and "unknown" in out
+    main(["scan", "--explain", "--format", "json", str(p)])
+    doc = json.loads(capsys.readouterr().out)
+    judged = {g["name"]: g["status"] for g in doc["files"][0]["globals"]}
+    assert judged == {"collections.OrderedDict": "safe", "mylab.models.Net": "unknown"}
+
+
+def test_policy_add_then_scan_is_clean(tmp_path: Path, monkeypatch):
+    from pk import glob, proto
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "x"\n')
+    p = tmp_path / "net.pkl"
+    p.write_bytes(proto(2) + glob("mylab.models", "Net") + b")\x81}b.")
+    assert main(["scan", str(p)]) == 1
+    rc = main(
+        ["policy", "add", "mylab.models.Net", "--reason", "our model", "--expires", "2099-01-01"]
+    )
+    assert rc == 0
+    assert main(["scan", str(p)]) == 0
+    assert main(["policy", "add", "os.system", "--reason", "no"]) == 2
+    assert main(["policy", "add", "mylab.x.Y", "--reason", "r", "--uses", "exec"]) == 2
+    text = (tmp_path / "pyproject.toml").read_text()
+    assert text.count("[[tool.trainguard.allow]]") == 1

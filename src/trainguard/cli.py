@@ -5,25 +5,20 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from trainguard import exit_codes
 from trainguard.errors import TrainguardError
 
+if TYPE_CHECKING:
+    from trainguard.scan import Policy
+
 __all__ = ["main"]
 
 
-def _build_parser() -> argparse.ArgumentParser:
-    from trainguard import __version__
-
-    parser = argparse.ArgumentParser(
-        prog="trainguard",
-        description="Keeps PyTorch training jobs honest on shared GPU clusters.",
-    )
-    parser.add_argument("--version", action="version", version=f"trainguard {__version__}")
-    sub = parser.add_subparsers(dest="verb", required=True)
-
+def _add_scan(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     scan = sub.add_parser(
         "scan",
         help="scan model files and folders without loading them",
@@ -37,13 +32,7 @@ def _build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("TRAINGUARD_FORMAT", "human"),
     )
     scan.add_argument("-o", "--output", metavar="FILE", help="write the report here, not stdout")
-    scan.add_argument(
-        "--policy",
-        metavar="FILE",
-        default=os.environ.get("TRAINGUARD_POLICY"),
-        help="policy TOML or pyproject.toml (default: $TRAINGUARD_POLICY, then the nearest "
-        "pyproject.toml with [tool.trainguard])",
-    )
+    _add_policy_flag(scan)
     scan.add_argument(
         "--fail-on",
         choices=("suspicious", "unsafe"),
@@ -52,30 +41,94 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     scan.add_argument("--max-seconds", type=float, default=None, help="time budget per file")
     scan.add_argument("-v", "--verbose", action="store_true", help="also show info findings")
+    scan.add_argument(
+        "--explain",
+        action="store_true",
+        help="list every global, where it was found and why it was judged so",
+    )
+
+
+def _add_policy_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--policy",
+        metavar="FILE",
+        default=os.environ.get("TRAINGUARD_POLICY"),
+        help="policy TOML or pyproject.toml (default: $TRAINGUARD_POLICY, then the nearest "
+        "pyproject.toml with [tool.trainguard])",
+    )
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    from trainguard import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="trainguard",
+        description="Keeps PyTorch training jobs honest on shared GPU clusters.",
+    )
+    parser.add_argument("--version", action="version", version=f"trainguard {__version__}")
+    sub = parser.add_subparsers(dest="verb", required=True)
+    _add_scan(sub)
+
+    policy = sub.add_parser("policy", help="manage the allowlist policy")
+    psub = policy.add_subparsers(dest="policy_verb", required=True)
+    add = psub.add_parser(
+        "add",
+        help="allowlist a global (appends to pyproject.toml or the --file given)",
+        description="Known-dangerous globals (os.system, builtins.eval, ...) are refused.",
+    )
+    add.add_argument("name", metavar="GLOBAL", help="module.qualname, or package.* for classes")
+    add.add_argument("--reason", required=True, help="why this global is safe to load")
+    add.add_argument(
+        "--uses", default="ref,new", help="comma list of ref, new, call (default: ref,new)"
+    )
+    add.add_argument("--expires", metavar="YYYY-MM-DD", help="the entry stops applying then")
+    add.add_argument("--file-hash", metavar="SHA256", help="apply only to the file with this hash")
+    add.add_argument(
+        "--file", metavar="TOML", default="pyproject.toml", help="policy file (pyproject.toml)"
+    )
+
+    convert = sub.add_parser(
+        "convert",
+        help="rewrite a pickle checkpoint (or HF folder) as safetensors, after a scan passes",
+    )
+    convert.add_argument("src", metavar="SRC")
+    convert.add_argument("dst", metavar="DST")
+    convert.add_argument("--overwrite", action="store_true")
+    _add_policy_flag(convert)
     return parser
+
+
+def _policy(args: argparse.Namespace) -> Policy:
+    from trainguard.scan import Policy
+
+    return Policy.from_file(args.policy) if args.policy else Policy.discover()
 
 
 def _scan(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from trainguard.findings import Verdict
-    from trainguard.output import render
-    from trainguard.scan import Limits, Policy, scan_path
+    from trainguard.output import json as json_out
+    from trainguard.output import sarif
+    from trainguard.scan import Limits, scan_path
 
-    policy = Policy.from_file(args.policy) if args.policy else Policy.discover()
+    policy = _policy(args)
     limits = Limits()
     if args.max_seconds:
         limits = replace(limits, max_seconds=args.max_seconds)
     report = scan_path(*args.paths, policy=policy, limits=limits)
     color = args.output is None and sys.stdout.isatty() and "NO_COLOR" not in os.environ
     if args.format == "human":
-        from trainguard.output.human import render as human
-        from trainguard.output.human import summary
+        from trainguard.output import human
 
-        text = human(report, color=color, verbose=args.verbose)
-        sys.stderr.write(summary(report, color=color and sys.stderr.isatty()))
+        text = human.render(report, color=color, verbose=args.verbose)
+        if args.explain:
+            text += human.explain(report, color=color)
+        sys.stderr.write(human.summary(report, color=color and sys.stderr.isatty()))
+    elif args.format == "json":
+        text = json_out.render(report, explain=args.explain)
     else:
-        text = render(report, args.format)
+        text = sarif.render(report)
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")
     else:
@@ -88,20 +141,56 @@ def _scan(args: argparse.Namespace) -> int:
     return exit_codes.OK
 
 
+def _policy_add(args: argparse.Namespace) -> int:
+    from trainguard.scan.policy import add_entry, parse_entries
+
+    raw: dict[str, object] = {
+        "global": args.name,
+        "reason": args.reason,
+        "uses": [u.strip() for u in args.uses.split(",") if u.strip()],
+    }
+    if args.expires:
+        raw["expires"] = args.expires
+    if args.file_hash:
+        raw["sha256"] = args.file_hash.lower()
+    (entry,) = parse_entries([raw], "command line")
+    add_entry(Path(args.file), entry)
+    sys.stderr.write(f"trainguard: allowlisted {entry.pattern} in {args.file}\n")
+    return exit_codes.OK
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from trainguard.convert import convert
+
+    result = convert(args.src, args.dst, policy=_policy(args), overwrite=args.overwrite)
+    sys.stderr.write(f"trainguard: wrote {len(result.files)} file(s) to {result.dst}\n")
+    return exit_codes.OK
+
+
+_VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "scan": _scan,
+    "policy": _policy_add,
+    "convert": _convert,
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
     try:
-        if args.verb == "scan":
-            return _scan(args)
+        return _VERBS[args.verb](args)
     except TrainguardError as exc:
         sys.stderr.write(f"trainguard: error: {exc.diagnostics()}\n")
-        return exit_codes.ERROR
+        return exit_codes.FINDINGS if _is_blocked(exc) else exit_codes.ERROR
     except KeyboardInterrupt:
         sys.stderr.write("trainguard: interrupted\n")
         return 130
-    parser.error(f"unknown verb {args.verb}")
-    return exit_codes.ERROR  # pragma: no cover
+
+
+def _is_blocked(exc: TrainguardError) -> bool:
+    from trainguard.errors import LoadBlocked
+
+    return isinstance(exc, LoadBlocked)
 
 
 if __name__ == "__main__":

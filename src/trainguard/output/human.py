@@ -58,3 +58,33 @@ def summary(report: ScanReport, *, color: bool = False) -> str:
     table.add_row(*(str(s[c]) for c in cols))
     console.print(table)
     return buf.getvalue()
+
+
+_STATUS_STYLE = {"safe": "green", "unknown": "yellow", "dangerous": "bold red"}
+
+
+def explain(report: ScanReport, *, color: bool = False) -> str:
+    """Every global of every file: where it was found, how it is used, and why it was judged
+    so, for people deciding what to allowlist."""
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=color, no_color=not color, width=160)
+    for fr in report.files:
+        if not fr.globals:
+            continue
+        table = Table(title=escape(fr.path), title_justify="left", box=None, header_style="bold")
+        for col in ("global", "written as", "where", "use", "judged", "why"):
+            table.add_column(col, overflow="fold")
+        for g in fr.globals:
+            written = f"{g.module}.{g.qualname}"
+            where = (g.member or "") + (f"@{g.offset}" if g.offset is not None else "")
+            style = _STATUS_STYLE.get(g.status, "")
+            table.add_row(
+                escape(g.name),
+                "" if written == g.name else escape(written),
+                escape(where),
+                g.use,
+                f"[{style}]{g.status}[/]",
+                escape(g.reason),
+            )
+        console.print(table)
+    return buf.getvalue()

@@ -7,5 +7,5 @@ import json
 from trainguard.findings import ScanReport
 
 
-def render(report: ScanReport) -> str:
-    return json.dumps(report.to_json(), indent=2, sort_keys=False, default=str) + "\n"
+def render(report: ScanReport, *, explain: bool = False) -> str:
+    return json.dumps(report.to_json(explain=explain), indent=2, default=str) + "\n"

@@ -233,3 +233,36 @@ def parse_entries(raw: Any, source: str) -> list[AllowEntry]:
             raise ConfigError(f"{where}: 'sha256' must be 64 lowercase hex digits")
         entries.append(AllowEntry(pattern, uses, reason.strip(), source, expires, digest))
     return entries
+
+
+def add_entry(path: Path, entry: AllowEntry) -> None:
+    """Append ``entry`` to a policy file (``[[tool.trainguard.allow]]`` in a pyproject.toml,
+    ``[[allow]]`` in a standalone policy), refusing what the policy would never honour.
+
+    The file is re-read afterwards, so a write that would leave it unparseable is undone.
+    """
+    import json
+    import tomllib
+
+    module, _, name = entry.pattern.rpartition(".")
+    if entry.pattern.endswith(".*"):
+        module, name = entry.pattern[:-2], "X"
+    why = danger(*canonical(module, name))
+    if why:
+        raise ConfigError(f"{entry.pattern} cannot be allowlisted: {why}")
+    table = "tool.trainguard.allow" if path.name == "pyproject.toml" else "allow"
+    lines = [f"\n[[{table}]]", f"global = {json.dumps(entry.pattern)}"]
+    lines.append(f"reason = {json.dumps(entry.reason)}")
+    lines.append("uses = " + json.dumps([k for k, v in _USE_NAMES.items() if v in entry.uses]))
+    if entry.expires:
+        lines.append(f"expires = {entry.expires.isoformat()}")
+    if entry.sha256:
+        lines.append(f"sha256 = {json.dumps(entry.sha256)}")
+    before = path.read_text(encoding="utf-8") if path.exists() else ""
+    after = before + ("" if before.endswith("\n") or not before else "\n") + "\n".join(lines) + "\n"
+    try:
+        tomllib.loads(after)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} would not parse after adding the entry: {exc}") from None
+    path.write_text(after, encoding="utf-8")
+    Policy.from_file(path)  # every entry still valid
