@@ -4,6 +4,7 @@ The public API is re-exported here; importing ``trainguard`` never imports torch
 the command line.
 """
 
+from trainguard.convert import ConvertResult, convert
 from trainguard.errors import (
     ConfigError,
     IntegrityError,
@@ -23,6 +24,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ConfigError",
+    "ConvertResult",
     "FileResult",
     "Finding",
     "IntegrityError",
@@ -40,6 +42,7 @@ __all__ = [
     "Verdict",
     "VerificationError",
     "__version__",
+    "convert",
     "load",
     "protect",
     "protected",

@@ -77,6 +77,18 @@ _lock = threading.Lock()
 _busy = threading.local()
 
 
+def _harmless_compile(event: str) -> bool:
+    """``compile`` to an AST only (``ast.parse``, ``ast.literal_eval``: numpy reads ``.npy``
+    headers so) makes nothing that can run; anything run later raises its own event."""
+    if event != "compile":
+        return False
+    try:
+        caller = sys._getframe(2)  # 0: this function, 1: the hook, 2: who called compile()
+    except ValueError:
+        return False
+    return caller.f_globals.get("__name__") == "ast"
+
+
 def _from_import_system() -> bool:
     frame = sys._getframe(2)
     depth = 0
@@ -95,7 +107,7 @@ def _hook(event: str, args: tuple[Any, ...]) -> None:
     watch = _current.get()
     if watch is None or event not in BLOCKED_EVENTS or getattr(_busy, "on", False):
         return
-    if event in ("compile", "exec") and _from_import_system():
+    if event in ("compile", "exec") and (_harmless_compile(event) or _from_import_system()):
         return
     _busy.on = True  # the hook's own work (formatting a stack) must not re-enter it
     try:

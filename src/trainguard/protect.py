@@ -26,6 +26,7 @@ import contextlib
 import functools
 import importlib.abc
 import importlib.machinery
+import io
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -33,6 +34,7 @@ from types import ModuleType
 from typing import Any
 
 from trainguard import audithook
+from trainguard.errors import LimitExceeded
 from trainguard.findings import Finding
 from trainguard.load import FindingSink, Source, check
 from trainguard.scan import Limits, Policy
@@ -69,6 +71,7 @@ def _guard(source_arg: Any, full_unpickler: bool) -> Source | None:
 @contextlib.contextmanager
 def _loading(name: str, full_unpickler: bool) -> Iterator[None]:
     settings: _Settings = _state["settings"]
+    previous = getattr(_inside, "on", False)
     _inside.on = True
     try:
         if full_unpickler:
@@ -77,7 +80,13 @@ def _loading(name: str, full_unpickler: bool) -> Iterator[None]:
         else:
             yield
     finally:
-        _inside.on = False
+        _inside.on = previous
+
+
+def _active() -> bool:
+    """Wrappers captured by other modules (``from pickle import loads``) outlive
+    ``unprotect()``; once it ran they pass straight through to the original."""
+    return bool(_state["depth"])
 
 
 def _rewind(source: Source | None, arg: Any) -> Any:
@@ -92,6 +101,8 @@ def _rewind(source: Source | None, arg: Any) -> Any:
 def _wrap_torch_load(real: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(real)
     def load(f: Any, *args: Any, **kwargs: Any) -> Any:
+        if not _active():
+            return real(f, *args, **kwargs)
         weights_only = kwargs.get("weights_only")
         full = weights_only is False or kwargs.get("pickle_module") is not None
         source = _guard(f, full)
@@ -102,13 +113,62 @@ def _wrap_torch_load(real: Callable[..., Any]) -> Callable[..., Any]:
     return load
 
 
-def _wrap_full(real: Callable[..., Any], *, pickle_flag: str | None = None) -> Callable[..., Any]:
+def _seekable(f: Any) -> bool:
+    try:
+        return bool(f.seekable())
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+class _Recorder:
+    """Reads through to a stream and keeps what it read."""
+
+    def __init__(self, stream: Any, cap: int) -> None:
+        self.stream = stream
+        self.cap = cap
+        self.data = bytearray()
+
+    def _keep(self, chunk: bytes) -> bytes:
+        self.data += chunk
+        if len(self.data) > self.cap:
+            raise LimitExceeded(f"pickle stream longer than {self.cap} bytes")
+        return chunk
+
+    def read(self, n: int = -1) -> bytes:
+        return self._keep(self.stream.read(n))
+
+    def readline(self, n: int = -1) -> bytes:
+        return self._keep(self.stream.readline(n))
+
+
+def _one_pickle(stream: Any) -> bytes:
+    """Exactly one pickle's bytes from a stream that cannot seek back (a pipe, a socket), so
+    the stream is left where ``pickle.load`` leaves it and the next load still works."""
+    import pickletools
+
+    settings: _Settings = _state["settings"]
+    limits = settings.limits or Limits()
+    rec = _Recorder(stream, limits.max_member_bytes)
+    try:
+        for op, _arg, _pos in pickletools.genops(rec):  # type: ignore[arg-type]
+            if op.name == "STOP":
+                break
+    except ValueError:
+        pass  # truncated or garbage: the scan of what was read reports it
+    return bytes(rec.data)
+
+
+def _wrap_full(
+    real: Callable[..., Any], *, pickle_flag: str | None = None, one_pickle: bool = False
+) -> Callable[..., Any]:
     """A loader that always (or with ``pickle_flag=True``) runs a full unpickler."""
 
     @functools.wraps(real)
     def load(f: Any, *args: Any, **kwargs: Any) -> Any:
-        if pickle_flag is not None and not kwargs.get(pickle_flag, False):
+        if not _active() or (pickle_flag is not None and not kwargs.get(pickle_flag, False)):
             return real(f, *args, **kwargs)  # numpy.load without allow_pickle is data only
+        if one_pickle and hasattr(f, "read") and not _seekable(f):
+            f = io.BytesIO(_one_pickle(f))  # leave the stream where pickle.load would
         source = _guard(f, True)
         with _loading(source.name if source else "<stream>", True):
             return real(_rewind(source, f), *args, **kwargs)
@@ -120,6 +180,8 @@ def _wrap_full(real: Callable[..., Any], *, pickle_flag: str | None = None) -> C
 def _wrap_read_metadata(real: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(real)
     def read_metadata(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if not _active():
+            return real(self, *args, **kwargs)
         path = self._get_metadata_path(kwargs.get("rank"))
         if _is_local_file(path):
             _guard(path, True)
@@ -141,7 +203,7 @@ def _is_local_file(path: Any) -> bool:
 
 # module -> [(object path inside the module, wrapper factory)]
 _TARGETS: dict[str, list[tuple[str, Callable[[Callable[..., Any]], Callable[..., Any]]]]] = {
-    "pickle": [("load", _wrap_full), ("loads", _wrap_full)],
+    "pickle": [("load", functools.partial(_wrap_full, one_pickle=True)), ("loads", _wrap_full)],
     "torch.serialization": [("load", _wrap_torch_load)],
     "torch": [("load", _wrap_torch_load)],
     "numpy": [("load", functools.partial(_wrap_full, pickle_flag="allow_pickle"))],
@@ -226,6 +288,10 @@ def protect(
             return
         _state["settings"] = _Settings(policy, limits, on_finding, trusted)
         audithook.install()
+        # ForkingPickler binds pickle.loads when first imported; bind the real one, so that
+        # DataLoader workers' batches never pass through the scanner.
+        import multiprocessing.reduction  # noqa: F401
+
         finder = _PatchOnImport()
         sys.meta_path.insert(0, finder)
         _state["finder"] = finder
