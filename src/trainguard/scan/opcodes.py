@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import _compat_pickle
 import copyreg
+import io
 import pickletools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from trainguard.errors import LimitExceeded, ScanError
 from trainguard.findings import Rule, Severity
 from trainguard.scan.dtypes import parse_dtype
+from trainguard.scan.fastops import fast_genops
 from trainguard.scan.limits import Budget
 from trainguard.scan.policy import canonical
 from trainguard.scan.uses import Use
@@ -29,8 +31,6 @@ __all__ = ["GlobalUse", "PickleMachine", "StreamResult"]
 
 KEEP_ITEMS = 64
 """Items of a container remembered for evidence and argument checks; the rest are counted."""
-
-_MARK = object()
 
 
 class Val:
@@ -243,14 +243,10 @@ class PickleMachine:
             raise ScanError("MARK expected but not found (malformed pickle)", offset=pos)
         items = self.stack
         self.stack = self.metastack.pop()
-        if any(i is _MARK for i in items):
-            raise ScanError("unexpected MARK on the stack", offset=pos)
         return items
 
     def _push(self, v: Any) -> None:
-        self.stack.append(v)
-        if len(self.stack) > self.limits.max_stack:
-            raise LimitExceeded(f"pickle stack deeper than {self.limits.max_stack}")
+        self.stack.append(v)  # the stack bound is checked every _CHECK_EVERY opcodes
 
     def _global(self, module: Any, name: Any, pos: int, opname: str) -> GlobalRef:
         proto = self.result.protocol
@@ -415,37 +411,43 @@ class PickleMachine:
     # -- the run --------------------------------------------------------------------
     def run(self) -> StreamResult:
         res = self.result
-        limits = self.limits
         win = self.win
+        table = _BY_OPCODE
+        ops = 0
+        decoded = (
+            fast_genops(win) if isinstance(win, io.BytesIO) else pickletools.genops(win)  # type: ignore[arg-type]
+        )
         try:
-            for op, arg, pos in pickletools.genops(win):  # type: ignore[arg-type]
-                res.ops += 1
-                if res.ops > limits.max_pickle_ops:
-                    raise LimitExceeded(
-                        f"more than {limits.max_pickle_ops} pickle opcodes", offset=pos
-                    )
-                if res.ops & 0xFFFF == 0:
-                    self.budget.check_time()
-                self._step(op.name, arg, pos or 0)
-                if op.name == "STOP":
-                    res.end = win.tell()
-                    break
+            for op, arg, pos in decoded:
+                ops += 1
+                handler = table[op]
+                if handler is None:
+                    self.stack.append(Lit(arg))
+                else:
+                    handler(self, op.name, arg, pos)
+                    if op.name == "STOP":
+                        res.end = win.tell()
+                        break
+                if not ops % _CHECK_EVERY:
+                    self._check_bounds(ops, pos or 0)
         except ScanError as exc:
             if exc.offset is None:
                 exc.offset = win.tell()
             raise
         except (ValueError, KeyError, IndexError, TypeError, OverflowError, UnicodeError) as exc:
             raise ScanError(f"malformed pickle: {exc}", offset=win.tell()) from None
+        finally:
+            res.ops += ops
         return res
 
-    def _step(self, name: str, arg: Any, pos: int) -> None:
-        if name in _LIT_OPS:
-            self._push(Lit(arg))
-            return
-        handler = _DISPATCH.get(name)
-        if handler is None:  # pragma: no cover - genops knows no other opcodes
-            raise ScanError(f"unhandled opcode {name}", offset=pos)
-        handler(self, name, arg, pos)
+    def _check_bounds(self, ops: int, pos: int) -> None:
+        limits = self.limits
+        if ops > limits.max_pickle_ops:
+            raise LimitExceeded(f"more than {limits.max_pickle_ops} pickle opcodes", offset=pos)
+        depth = len(self.stack) + sum(len(s) for s in self.metastack)
+        if depth > limits.max_stack or len(self.metastack) > limits.max_stack:
+            raise LimitExceeded(f"pickle stack deeper than {limits.max_stack}", offset=pos)
+        self.budget.check_time()
 
     # -- opcode handlers: (self, opcode name, argument, position) ----------------------
     def _op_mark(self, name: str, arg: Any, pos: int) -> None:
@@ -527,8 +529,6 @@ class PickleMachine:
             raise ScanError("stack underflow (malformed pickle)", offset=pos)
         items = st[-n:]
         del st[-n:]
-        if any(i is _MARK for i in items):
-            raise ScanError("unexpected MARK on the stack", offset=pos)
         self._push(Seq("tuple", items))
 
     def _op_fill(self, name: str, arg: Any, pos: int) -> None:
@@ -558,8 +558,6 @@ class PickleMachine:
         if name == "POP_MARK":
             self._pop_mark(pos)
             return
-        if self.stack and self.stack[-1] is _MARK:
-            raise ScanError("POP of a MARK", offset=pos)
         self._pop(pos)
 
     def _op_dup(self, name: str, arg: Any, pos: int) -> None:
@@ -596,10 +594,7 @@ class PickleMachine:
             raise ScanError(f"bad memo index {idx!r}", offset=pos)
         if idx not in self.memo and len(self.memo) >= self.limits.max_memo:
             raise LimitExceeded(f"more than {self.limits.max_memo} memo entries", offset=pos)
-        top = self._top(pos)
-        if top is _MARK:
-            raise ScanError("memoizing a MARK", offset=pos)
-        self.memo[idx] = top
+        self.memo[idx] = self._top(pos)
 
     def _ext(self, code: int, pos: int, opname: str) -> None:
         entry = copyreg._extension_registry.get(code)  # type: ignore[attr-defined]
@@ -690,6 +685,9 @@ def _dtype_info(dtype: Any) -> tuple[int | None, bool]:
     return size, has_object
 
 
+_CHECK_EVERY = 4096
+"""Opcodes between checks of the op count, stack depth and time budget."""
+
 _DISPATCH: dict[str, Callable[[PickleMachine, str, Any, int], None]] = {
     "MARK": PickleMachine._op_mark,
     **dict.fromkeys(("NONE", "NEWTRUE", "NEWFALSE"), PickleMachine._op_const),
@@ -718,4 +716,8 @@ _DISPATCH: dict[str, Callable[[PickleMachine, str, Any, int], None]] = {
     **dict.fromkeys(("FRAME", "READONLY_BUFFER"), PickleMachine._op_nothing),
     "NEXT_BUFFER": PickleMachine._op_next_buffer,
     "STOP": PickleMachine._op_stop,
+}
+
+_BY_OPCODE: dict[pickletools.OpcodeInfo, Callable[[PickleMachine, str, Any, int], None] | None] = {
+    op: (None if op.name in _LIT_OPS else _DISPATCH[op.name]) for op in pickletools.opcodes
 }
