@@ -414,9 +414,11 @@ class PickleMachine:
         win = self.win
         table = _BY_OPCODE
         ops = 0
-        decoded = (
-            fast_genops(win) if isinstance(win, io.BytesIO) else pickletools.genops(win)  # type: ignore[arg-type]
-        )
+        decoded: Iterator[tuple[pickletools.OpcodeInfo, Any, int]]
+        if isinstance(win, io.BytesIO):
+            decoded = fast_genops(win)
+        else:  # positions are always ints for a seekable stream
+            decoded = pickletools.genops(win)  # type: ignore[arg-type,assignment]
         try:
             for op, arg, pos in decoded:
                 ops += 1
