@@ -415,7 +415,7 @@ class PickleMachine:
         table = _BY_OPCODE
         ops = 0
         decoded: Iterator[tuple[pickletools.OpcodeInfo, Any, int]]
-        if isinstance(win, io.BytesIO):
+        if isinstance(win, io.BytesIO):  # noqa: SIM108 - the two need different ignores
             decoded = fast_genops(win)
         else:  # positions are always ints for a seekable stream
             decoded = pickletools.genops(win)  # type: ignore[arg-type,assignment]
