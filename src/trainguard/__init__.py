@@ -1,10 +1,12 @@
 """trainguard: keeps PyTorch training jobs honest on shared GPU clusters.
 
 The public API is re-exported here; importing ``trainguard`` never imports torch, rich or
-the command line.
+the command line. Loading-side names are resolved on first use (PEP 562), so a process that
+only scans never pays for them.
 """
 
-from trainguard.convert import ConvertResult, convert
+import typing as _typing
+
 from trainguard.errors import (
     ConfigError,
     IntegrityError,
@@ -16,8 +18,6 @@ from trainguard.errors import (
     VerificationError,
 )
 from trainguard.findings import FileResult, Finding, Location, Rule, ScanReport, Severity, Verdict
-from trainguard.load import load
-from trainguard.protect import protect, protected, unprotect
 from trainguard.scan import Limits, Policy, scan_bytes, scan_file, scan_path
 
 __version__ = "0.1.0"
@@ -51,3 +51,32 @@ __all__ = [
     "scan_path",
     "unprotect",
 ]
+
+_LAZY = {
+    "load": "trainguard.load",
+    "protect": "trainguard.protect",
+    "protected": "trainguard.protect",
+    "unprotect": "trainguard.protect",
+    "convert": "trainguard.convert",
+    "ConvertResult": "trainguard.convert",
+}
+
+if _typing.TYPE_CHECKING:
+    from trainguard.convert import ConvertResult, convert
+    from trainguard.load import load
+    from trainguard.protect import protect, protected, unprotect
+
+
+def __getattr__(name: str) -> _typing.Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'trainguard' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

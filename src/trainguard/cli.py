@@ -40,6 +40,13 @@ def _add_scan(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="lowest verdict that makes the exit code 1 (default: suspicious)",
     )
     scan.add_argument("--max-seconds", type=float, default=None, help="time budget per file")
+    scan.add_argument(
+        "-j",
+        "--jobs",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="worker processes for large folders (default: one per CPU)",
+    )
     scan.add_argument("-v", "--verbose", action="store_true", help="also show info findings")
     scan.add_argument(
         "--explain",
@@ -116,7 +123,7 @@ def _scan(args: argparse.Namespace) -> int:
     limits = Limits()
     if args.max_seconds:
         limits = replace(limits, max_seconds=args.max_seconds)
-    report = scan_path(*args.paths, policy=policy, limits=limits)
+    report = scan_path(*args.paths, policy=policy, limits=limits, jobs=max(1, args.jobs))
     color = args.output is None and sys.stdout.isatty() and "NO_COLOR" not in os.environ
     if args.format == "human":
         from trainguard.output import human

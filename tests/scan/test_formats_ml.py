@@ -7,6 +7,7 @@ HDF5 with h5py, ONNX with ``onnx.helper``); hostile payloads are never loaded by
 from __future__ import annotations
 
 import base64
+import importlib.util
 import json
 import marshal
 import struct
@@ -22,6 +23,9 @@ from trainguard import FileResult
 from trainguard.scan.containers import gguf, hdf5
 
 GGUF_STRING, GGUF_ARRAY, GGUF_U32 = 8, 9, 4
+needs_jinja2 = pytest.mark.skipif(
+    importlib.util.find_spec("jinja2") is None, reason="chat templates are judged with jinja2"
+)
 
 
 def rules(result: FileResult) -> set[str]:
@@ -218,6 +222,7 @@ HOSTILE_TEMPLATES = {
 
 
 @pytest.mark.parametrize("name", sorted(BENIGN_TEMPLATES))
+@needs_jinja2
 def test_gguf_benign_templates_are_safe(tmp_path: Path, name: str) -> None:
     p = tmp_path / "model.gguf"
     p.write_bytes(benign_gguf(BENIGN_TEMPLATES[name]))
@@ -226,6 +231,7 @@ def test_gguf_benign_templates_are_safe(tmp_path: Path, name: str) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(HOSTILE_TEMPLATES))
+@needs_jinja2
 def test_gguf_hostile_templates_are_unsafe(tmp_path: Path, name: str) -> None:
     p = tmp_path / "model.gguf"
     p.write_bytes(benign_gguf(HOSTILE_TEMPLATES[name]))
@@ -236,6 +242,7 @@ def test_gguf_hostile_templates_are_unsafe(tmp_path: Path, name: str) -> None:
     assert all(f.evidence["expression"] for f in res.findings)
 
 
+@needs_jinja2
 def test_gguf_template_evidence_names_the_access(tmp_path: Path) -> None:
     p = tmp_path / "m.gguf"
     p.write_bytes(benign_gguf("{{ x }}\n{{ messages|attr('__class__') }}"))
@@ -245,6 +252,7 @@ def test_gguf_template_evidence_names_the_access(tmp_path: Path) -> None:
     assert "attr('__class__')" in f.evidence["expression"]
 
 
+@needs_jinja2
 def test_gguf_named_template_variant_is_checked(tmp_path: Path) -> None:
     p = tmp_path / "m.gguf"
     kv = template_kv(HOSTILE_TEMPLATES["mro_subclasses"], "tokenizer.chat_template.tool_use")
@@ -253,6 +261,7 @@ def test_gguf_named_template_variant_is_checked(tmp_path: Path) -> None:
     assert res.verdict.value == "unsafe" and rules(res) == {"scan.template_injection"}
 
 
+@needs_jinja2
 def test_gguf_unparseable_template_is_suspicious(tmp_path: Path) -> None:
     p = tmp_path / "m.gguf"
     p.write_bytes(benign_gguf("{% for m in messages %}{{ m['content'] "))
@@ -262,6 +271,7 @@ def test_gguf_unparseable_template_is_suspicious(tmp_path: Path) -> None:
     assert rules(res) == {"scan.template_injection"}
 
 
+@needs_jinja2
 def test_gguf_big_endian_is_read(tmp_path: Path) -> None:
     p = tmp_path / "be.gguf"
     data = bytearray(benign_gguf(HOSTILE_TEMPLATES["attr_filter"], order=">"))
@@ -270,6 +280,7 @@ def test_gguf_big_endian_is_read(tmp_path: Path) -> None:
     assert rules(scan(p)) == {"scan.template_injection"}
 
 
+@needs_jinja2
 def test_gguf_nested_arrays_are_walked(tmp_path: Path) -> None:
     inner = struct.pack("<IQ", GGUF_U32, 2) + struct.pack("<II", 1, 2)
     outer = struct.pack("<IQ", GGUF_ARRAY, 2) + inner + inner
@@ -346,6 +357,7 @@ def test_gguf_unknown_value_type_is_error(tmp_path: Path) -> None:
     assert scan(p).verdict.value == "error"
 
 
+@needs_jinja2
 def test_tokenizer_config_uses_the_same_template_check(tmp_path: Path) -> None:
     p = tmp_path / "tokenizer_config.json"
     p.write_text(json.dumps({"chat_template": HOSTILE_TEMPLATES["cycler_globals"]}))
@@ -364,6 +376,7 @@ def test_gguf_without_jinja2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert res.verdict.value == "error" and "jinja2" in res.findings[0].message
 
 
+@needs_jinja2
 def test_check_template_without_findings_for_plain_text() -> None:
     assert gguf._template_problems("Hello {{ name }}") == []
     assert gguf._template_problems("{% if %}") is None
@@ -403,7 +416,7 @@ KERAS3_LAMBDA = k3(
 
 
 def h5_weights(path: Path) -> None:
-    import h5py
+    h5py = pytest.importorskip("h5py")
     import numpy as np
 
     with h5py.File(path, "w") as f:
@@ -492,7 +505,7 @@ KERAS2_LAMBDA = {
 
 
 def legacy_h5(path: Path, config: dict[str, Any] | None) -> Path:
-    import h5py
+    h5py = pytest.importorskip("h5py")
     import numpy as np
 
     with h5py.File(path, "w") as f:
@@ -523,11 +536,55 @@ def test_h5_plain_data_is_safe(tmp_path: Path) -> None:
 
 
 def test_h5_without_h5py_falls_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(hdf5, "_h5py", lambda: None)
+    monkeypatch.setattr(hdf5, "_h5py_installed", lambda: False)
     bad = scan(legacy_h5(tmp_path / "bad.h5", keras2_config(KERAS2_LAMBDA)))
     assert bad.verdict.value == "unsafe" and rules(bad) == {"scan.code_execution"}
     good = scan(legacy_h5(tmp_path / "good.h5", keras2_config()))
     assert good.verdict.value == "error" and "h5py" in good.findings[0].message
+
+
+def test_h5_looping_global_heap_is_cut_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One byte in the global heap sends libhdf5 into an endless loop (found by fuzzing)."""
+    monkeypatch.setattr(hdf5, "H5PY_TIMEOUT", 3.0)
+    p = legacy_h5(tmp_path / "m.h5", keras2_config())
+    data = bytearray(p.read_bytes())
+    data[data.find(b"2.15.0") - 8] = 0x80  # size of the heap object holding keras_version
+    p.write_bytes(bytes(data))
+    res = scan(p)
+    assert (res.format, res.verdict.value) == ("hdf5", "error")
+    assert "did not finish" in res.findings[0].message
+
+
+def test_h5_large_file_is_read_in_place(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hdf5, "SEARCH_MAX", 0)
+
+    def no_copy(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a file on disk must not be copied")
+
+    monkeypatch.setattr(hdf5.tempfile, "NamedTemporaryFile", no_copy)
+    res = scan(legacy_h5(tmp_path / "m.h5", keras2_config(KERAS2_LAMBDA)))
+    assert (res.format, rules(res)) == ("keras-h5", {"scan.code_execution"})
+
+
+def test_h5_inside_a_zip(tmp_path: Path) -> None:
+    h5 = legacy_h5(tmp_path / "m.h5", keras2_config(KERAS2_LAMBDA))
+    p = tmp_path / "models.zip"
+    with zipfile.ZipFile(p, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.write(h5, "models/m.h5")
+    res = scan(p)
+    assert res.verdict.value == "unsafe"
+    assert [f.location.member for f in res.findings] == ["models/m.h5"]
+
+
+@pytest.mark.parametrize(("filters", "expected"), [(b"\x00\x00", False), (b"\x12\x00", True)])
+def test_h5_byte_search_distrusts_filtered_heaps(filters: bytes, expected: bool) -> None:
+    import io
+
+    from trainguard.scan.engine import FileScan
+
+    ctx = FileScan(Path("x"), "x", trainguard.Policy(), trainguard.Limits())
+    data = b"\x00" * 100 + b"FRHP\x00\x08\x00" + filters + b"\x00" * 100
+    assert hdf5._may_hold(ctx, ctx.window(io.BytesIO(data))) is expected
 
 
 @pytest.mark.parametrize("cut", [100, 2000])
@@ -545,7 +602,7 @@ def test_h5_garbage_after_signature_is_error(tmp_path: Path) -> None:
 
 
 def test_h5_user_block_pickle_is_scanned(tmp_path: Path) -> None:
-    import h5py
+    h5py = pytest.importorskip("h5py")
 
     p = tmp_path / "poly.h5"
     with h5py.File(p, "w", userblock_size=512) as f:
@@ -564,6 +621,8 @@ def onnx_model(
     location: str | None = None, *, in_subgraph: bool = False, doc_string: str = ""
 ) -> bytes:
     import numpy as np
+
+    pytest.importorskip("onnx")
     from onnx import TensorProto, helper, numpy_helper
     from onnx.external_data_helper import set_external_data
 

@@ -155,3 +155,18 @@ def test_random_members_in_a_zip_never_crash(payload: bytes):
     data = _zip_bytes({"archive/data.pkl": payload, "archive/x": zlib.compress(payload)})
     r = scan_bytes(data)
     assert r.verdict in set(Verdict)
+
+
+def test_parallel_scan_matches_sequential(tmp_path: Path):
+    from trainguard import scan_path
+    from trainguard.scan import PARALLEL_FROM
+
+    from pk import system_call
+
+    for i in range(PARALLEL_FROM + 5):
+        data = system_call(str(tmp_path / "PWNED")) if i % 7 == 0 else pickle.dumps([i])
+        (tmp_path / f"f{i:03}.pkl").write_bytes(data)
+    seq = scan_path(tmp_path, jobs=1)
+    par = scan_path(tmp_path, jobs=2)
+    assert [(f.path, f.verdict) for f in seq.files] == [(f.path, f.verdict) for f in par.files]
+    assert sum(f.verdict is Verdict.UNSAFE for f in par.files) == 10

@@ -73,22 +73,64 @@ def iter_files(paths: Iterable[str | os.PathLike[str]]) -> Iterator[tuple[Path, 
             yield p, "no such file or directory"
 
 
+PARALLEL_FROM = 64
+"""Folders with at least this many files are scanned by several processes."""
+
+
+def _scan_one(item: tuple[Path, str | None], policy: Policy, limits: Limits) -> FileResult:
+    path, problem = item
+    if problem:
+        ctx = FileScan(path, str(path), policy, limits)
+        ctx.add(Rule.ERROR, Severity.MEDIUM, problem)
+        ctx.complete = False
+        return ctx.result("missing")
+    return scan_file(path, policy=policy, limits=limits)
+
+
+def _scan_chunk(
+    items: list[tuple[Path, str | None]], policy: Policy, limits: Limits
+) -> list[FileResult]:
+    return [_scan_one(item, policy, limits) for item in items]
+
+
 def scan_path(
     *paths: str | os.PathLike[str],
     policy: Policy | None = None,
     limits: Limits | None = None,
+    jobs: int = 1,
 ) -> ScanReport:
-    """Scan files and folders (recursively). Returns one ``FileResult`` per file."""
+    """Scan files and folders (recursively). Returns one ``FileResult`` per file, in order.
+
+    ``jobs > 1`` forks that many worker processes for lists of ``PARALLEL_FROM`` files or
+    more (the CLI does, with one per CPU). The library default stays in-process: forking a
+    process that runs threads (a training job) is not safe.
+    """
     t0 = time.perf_counter()
     policy = policy or Policy()
     limits = limits or Limits()
-    results: list[FileResult] = []
-    for path, problem in iter_files(paths):
-        if problem:
-            ctx = FileScan(path, str(path), policy, limits)
-            ctx.add(Rule.ERROR, Severity.MEDIUM, problem)
-            ctx.complete = False
-            results.append(ctx.result("missing"))
-            continue
-        results.append(scan_file(path, policy=policy, limits=limits))
+    items = list(iter_files(paths))
+    if jobs > 1 and len(items) >= PARALLEL_FROM and _can_fork():
+        results = _parallel(items, policy, limits, jobs)
+    else:
+        results = [_scan_one(item, policy, limits) for item in items]
     return ScanReport(tuple(results), time.perf_counter() - t0)
+
+
+def _can_fork() -> bool:
+    import multiprocessing
+
+    return "fork" in multiprocessing.get_all_start_methods()
+
+
+def _parallel(
+    items: list[tuple[Path, str | None]], policy: Policy, limits: Limits, jobs: int
+) -> list[FileResult]:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    size = max(8, len(items) // (jobs * 4))
+    chunks = [items[i : i + size] for i in range(0, len(items), size)]
+    ctx = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+        futures = [pool.submit(_scan_chunk, chunk, policy, limits) for chunk in chunks]
+        return [r for f in futures for r in f.result()]

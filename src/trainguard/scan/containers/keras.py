@@ -87,6 +87,7 @@ def check_json(ctx: FileScan, raw: bytes | str, member: str | None, source: str)
 
 def check_config(ctx: FileScan, data: Any, member: str | None, source: str) -> None:
     """Walk a parsed config iteratively (no recursion limit to hit) and judge every object."""
+    worst: list[tuple[Rule, Severity, str, dict[str, Any]]] = []
     found: list[tuple[Rule, Severity, str, dict[str, Any]]] = []
     stack: list[tuple[Any, str, str | None]] = [(data, "$", None)]
     seen = 0
@@ -96,7 +97,8 @@ def check_config(ctx: FileScan, data: Any, member: str | None, source: str) -> N
         if not seen & 0xFFFF:
             ctx.budget.check_time()
         if isinstance(obj, list):
-            stack.extend((v, f"{path}[{i}]", layer) for i, v in enumerate(obj) if _nested(v))
+            items = [(v, f"{path}[{i}]", layer) for i, v in enumerate(obj) if _nested(v)]
+            stack.extend(reversed(items))
             continue
         if not isinstance(obj, dict):
             continue
@@ -106,9 +108,12 @@ def check_config(ctx: FileScan, data: Any, member: str | None, source: str) -> N
         for rule, sev, msg in _judge(obj, config):
             ev = {"layer": _short(layer), "class_name": _short(obj.get("class_name"))}
             ev.update(module=_short(obj.get("module")), path=path[:300], source=source)
-            found.append((rule, sev, msg, ev))
-        stack.extend((v, f"{path}.{k}", layer) for k, v in obj.items() if _nested(v))
-    for rule, sev, msg, ev in found[:MAX_FINDINGS]:
+            bucket = worst if sev >= Severity.HIGH else found
+            if len(bucket) < MAX_FINDINGS:
+                bucket.append((rule, sev, msg, ev))
+        items = [(v, f"{path}.{k}", layer) for k, v in obj.items() if _nested(v)]
+        stack.extend(reversed(items))  # popped in document order
+    for rule, sev, msg, ev in (worst + found)[:MAX_FINDINGS]:
         where = f" (layer {ev['layer']!r})" if ev["layer"] else ""
         ctx.add(rule, sev, msg + where, member, None, ev)
 
