@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             pass
     runs: dict[str, Callable[[], Any]] = {
         "torch.load(weights_only=True)": lambda: torch.load(path, weights_only=True),
-        "trainguard.load": lambda: trainguard.load(path),
+        "trainguard.loader": lambda: trainguard.load(path),
     }
     verdict = trainguard.scan_file(path).verdict.value
     for fn in runs.values():  # untimed: imports, allocator, caches

@@ -21,7 +21,7 @@ transformers = pytest.importorskip("transformers")
 
 from safetensors import safe_open  # noqa: E402
 
-from trainguard.convert import ConvertResult, convert  # noqa: E402
+from trainguard.conversion import ConvertResult, convert  # noqa: E402
 from trainguard.errors import ConfigError, LoadBlocked  # noqa: E402
 
 

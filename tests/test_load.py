@@ -14,7 +14,7 @@ import pytest
 import trainguard
 from trainguard import LoadBlocked, SuspiciousCallBlocked
 from trainguard.findings import Rule
-from trainguard.load import restricted_pickle_module
+from trainguard.loader import restricted_pickle_module
 
 torch = pytest.importorskip("torch")
 

@@ -34,7 +34,7 @@ pytest.importorskip("accelerate")
 
 import trainguard  # noqa: E402
 from trainguard import Finding, LoadBlocked, Rule  # noqa: E402
-from trainguard.protect import is_protected  # noqa: E402
+from trainguard.protection import is_protected  # noqa: E402
 
 
 class _Reduce:

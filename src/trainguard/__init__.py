@@ -53,18 +53,18 @@ __all__ = [
 ]
 
 _LAZY = {
-    "load": "trainguard.load",
-    "protect": "trainguard.protect",
-    "protected": "trainguard.protect",
-    "unprotect": "trainguard.protect",
-    "convert": "trainguard.convert",
-    "ConvertResult": "trainguard.convert",
+    "load": "trainguard.loader",
+    "protect": "trainguard.protection",
+    "protected": "trainguard.protection",
+    "unprotect": "trainguard.protection",
+    "convert": "trainguard.conversion",
+    "ConvertResult": "trainguard.conversion",
 }
 
 if _typing.TYPE_CHECKING:
-    from trainguard.convert import ConvertResult, convert
-    from trainguard.load import load
-    from trainguard.protect import protect, protected, unprotect
+    from trainguard.conversion import ConvertResult, convert
+    from trainguard.loader import load
+    from trainguard.protection import protect, protected, unprotect
 
 
 def __getattr__(name: str) -> _typing.Any:

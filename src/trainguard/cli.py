@@ -167,7 +167,7 @@ def _policy_add(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from trainguard.convert import convert
+    from trainguard.conversion import convert
 
     result = convert(args.src, args.dst, policy=_policy(args), overwrite=args.overwrite)
     sys.stderr.write(f"trainguard: wrote {len(result.files)} file(s) to {result.dst}\n")

@@ -40,7 +40,7 @@ def scan(ctx: FileScan, win: Window, member: str | None, depth: int, top: bool) 
     template = data.get("chat_template") if isinstance(data, dict) else None
     if template is None:
         return
-    from trainguard.scan.containers.gguf import check_template
+    from trainguard.scan.templates import check_template
 
     templates = template if isinstance(template, list) else [template]
     for t in templates:

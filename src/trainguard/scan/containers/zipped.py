@@ -111,7 +111,13 @@ def classify(names: list[str]) -> str:
 def scan(ctx: FileScan, win: Window, member: str | None, depth: int, top: bool) -> None:
     try:
         zf = zipfile.ZipFile(win)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError) as exc:
+    except (
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        ValueError,
+        OSError,
+        NotImplementedError,
+    ) as exc:
         raise ScanError(f"unreadable zip directory: {exc}", member=member) from None
     infos = zf.infolist()
     if len(infos) > ctx.limits.max_members:
@@ -129,7 +135,7 @@ def scan(ctx: FileScan, win: Window, member: str | None, depth: int, top: bool) 
         keras.scan_config(ctx, zf, win, member, depth)
     prefix = f"{member}!" if member else ""
     for info in infos:
-        if info.is_dir():
+        if not info.filename or info.filename.endswith("/"):
             continue
         name = info.filename
         if kind == "torch-zip" and (_STORAGE.search(name) or _TORCH_TEXT.search(name)):

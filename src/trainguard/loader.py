@@ -188,7 +188,7 @@ def original_torch_load() -> Callable[..., Any]:
     """``torch.load`` as torch defines it, even while ``protect()`` has replaced it."""
     import torch
 
-    from trainguard.protect import original
+    from trainguard.protection import original
 
     real: Callable[..., Any] = original(torch.serialization, "load")
     return real

@@ -36,7 +36,7 @@ from typing import Any
 from trainguard import audithook
 from trainguard.errors import LimitExceeded
 from trainguard.findings import Finding
-from trainguard.load import FindingSink, Source, check
+from trainguard.loader import FindingSink, Source, check
 from trainguard.scan import Limits, Policy
 
 __all__ = ["is_protected", "original", "protect", "protected", "unprotect"]
