@@ -20,7 +20,8 @@ import pytest
 
 import trainguard
 from trainguard import FileResult
-from trainguard.scan.containers import gguf, hdf5
+from trainguard.scan import templates
+from trainguard.scan.containers import hdf5
 
 GGUF_STRING, GGUF_ARRAY, GGUF_U32 = 8, 9, 4
 needs_jinja2 = pytest.mark.skipif(
@@ -378,8 +379,8 @@ def test_gguf_without_jinja2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 
 @needs_jinja2
 def test_check_template_without_findings_for_plain_text() -> None:
-    assert gguf._template_problems("Hello {{ name }}") == []
-    assert gguf._template_problems("{% if %}") is None
+    assert templates._template_problems("Hello {{ name }}") == []
+    assert templates._template_problems("{% if %}") is None
 
 
 # -- Keras ---------------------------------------------------------------------------------
