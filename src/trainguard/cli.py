@@ -94,6 +94,42 @@ def _build_parser() -> argparse.ArgumentParser:
         "--file", metavar="TOML", default="pyproject.toml", help="policy file (pyproject.toml)"
     )
 
+    keygen = sub.add_parser("keygen", help="create an Ed25519 key pair (private key 0600)")
+    keygen.add_argument("--out", metavar="DIR", default=".", help="folder for the key files")
+    keygen.add_argument("--name", default="trainguard", help="file stem (NAME.key, NAME.pub)")
+
+    env = sub.add_parser("env", help="environment integrity: seal a baseline, verify against it")
+    esub = env.add_subparsers(dest="env_verb", required=True)
+    verify = esub.add_parser(
+        "verify",
+        help="check installed files against RECORD, .pyc against source, start-up hooks",
+        description="Exit codes: 0 intact, 1 tampering found, 2 could not check.",
+    )
+    verify.add_argument("--seal", metavar="FILE", help="also compare against this seal")
+    verify.add_argument("--key", metavar="PUBLIC_KEY", help="public key the seal is signed with")
+    verify.add_argument("--wheelhouse", metavar="DIR", help="compare RECORD files with wheels")
+    verify.add_argument(
+        "--fast", action="store_true", help="with --seal: skip non-code files whose stat matches"
+    )
+    verify.add_argument("--python", metavar="EXE", help="interpreter to check (default: this)")
+    verify.add_argument(
+        "--ignore",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="environment variable (or /etc/ld.so.preload) not to report",
+    )
+    verify.add_argument("--format", choices=("human", "json", "sarif"), default="human")
+    verify.add_argument("-o", "--output", metavar="FILE")
+    verify.add_argument("-v", "--verbose", action="store_true")
+    seal = esub.add_parser("seal", help="verify, then write a (signed) baseline of every file")
+    seal.add_argument("-o", "--output", metavar="FILE", default="trainguard-env.seal")
+    seal.add_argument("--key", metavar="PRIVATE_KEY", help="Ed25519 key to sign the seal with")
+    seal.add_argument("--python", metavar="EXE", help="interpreter to seal (default: this)")
+    seal.add_argument(
+        "--allow-findings", action="store_true", help="seal even if verification finds problems"
+    )
+
     convert = sub.add_parser(
         "convert",
         help="rewrite a pickle checkpoint (or HF folder) as safetensors, after a scan passes",
@@ -174,10 +210,71 @@ def _convert(args: argparse.Namespace) -> int:
     return exit_codes.OK
 
 
+def _keygen(args: argparse.Namespace) -> int:
+    from trainguard import keys
+
+    private_pem, public_pem = keys.generate_ed25519()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    private, public = out / f"{args.name}.key", out / f"{args.name}.pub"
+    if private.exists() or public.exists():
+        sys.stderr.write(f"trainguard: error: {private} or {public} exists; not overwriting\n")
+        return exit_codes.ERROR
+    fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(private_pem)
+    public.write_bytes(public_pem)
+    sys.stderr.write(f"trainguard: wrote {private} (0600) and {public}\n")
+    return exit_codes.OK
+
+
+def _env(args: argparse.Namespace) -> int:
+    from trainguard import env
+    from trainguard.output import env as env_out
+
+    progress_on = sys.stderr.isatty() and "NO_COLOR" not in os.environ
+    with env_out.progress_bar(progress_on) as progress:
+        if args.env_verb == "seal":
+            info = env.seal(
+                Path(args.output),
+                python=args.python,
+                key=Path(args.key) if args.key else None,
+                allow_findings=args.allow_findings,
+                progress=progress,
+            )
+            sys.stderr.write(
+                f"trainguard: sealed {info.entries} files into {info.path} "
+                f"(root {info.root[:16]}..., {'signed' if info.signed else 'unsigned'})\n"
+            )
+            return exit_codes.OK
+        report = env.verify(
+            python=args.python,
+            seal=Path(args.seal) if args.seal else None,
+            key=Path(args.key) if args.key else None,
+            wheelhouse=Path(args.wheelhouse) if args.wheelhouse else None,
+            fast=args.fast,
+            ignore=tuple(args.ignore),
+            progress=progress,
+        )
+    color = args.output is None and sys.stdout.isatty() and "NO_COLOR" not in os.environ
+    text = env_out.render(report, args.format, color=color, verbose=args.verbose)
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    if args.format == "human":
+        from trainguard.output import env_human
+
+        sys.stderr.write(env_human.summary(report, color=color and sys.stderr.isatty()))
+    return env.exit_code(report)
+
+
 _VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
     "scan": _scan,
     "policy": _policy_add,
     "convert": _convert,
+    "env": _env,
+    "keygen": _keygen,
 }
 
 

@@ -73,6 +73,12 @@ class Rule(enum.StrEnum):
     ERROR = "scan.error"
     LOAD_BLOCKED = "load.blocked"
     SUSPICIOUS_CALL = "runtime.suspicious_call"
+    ENV_FILE_MODIFIED = "env.file_modified"
+    ENV_FILE_ADDED = "env.file_added"
+    ENV_FILE_MISSING = "env.file_missing"
+    ENV_STARTUP_HOOK = "env.startup_hook"
+    ENV_SEAL_INVALID = "env.seal_invalid"
+    ENV_ERROR = "env.error"
 
     def __str__(self) -> str:
         return self.value

@@ -22,6 +22,12 @@ _RULE_TEXT = {
     Rule.ERROR: "The file could not be scanned to the end.",
     Rule.LOAD_BLOCKED: "A load was blocked by policy.",
     Rule.SUSPICIOUS_CALL: "Code running during a load attempted a blocked action.",
+    Rule.ENV_FILE_MODIFIED: "An installed file differs from its RECORD, wheel, seal or source.",
+    Rule.ENV_FILE_ADDED: "A file that no RECORD, wheel or seal accounts for is importable.",
+    Rule.ENV_FILE_MISSING: "A file that was installed or sealed is gone.",
+    Rule.ENV_STARTUP_HOOK: "Code runs at interpreter start-up or import without being asked.",
+    Rule.ENV_SEAL_INVALID: "The environment seal's root or signature does not verify.",
+    Rule.ENV_ERROR: "Part of the environment could not be checked.",
 }
 
 
