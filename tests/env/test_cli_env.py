@@ -1,0 +1,44 @@
+"""``trainguard keygen`` / ``env seal`` / ``env verify`` from the command line."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from envkit import Env
+
+from trainguard.cli import main
+
+
+@pytest.fixture
+def quiet_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    from trainguard.env.environ import VARIABLES
+
+    for name in VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_keygen_seal_verify_and_tamper(env: Env, tmp_path: Path, capsys, quiet_environ) -> None:
+    pytest.importorskip("cryptography")
+    keys = tmp_path / "keys"
+    assert main(["keygen", "--out", str(keys)]) == 0
+    assert os.stat(keys / "trainguard.key").st_mode & 0o077 == 0
+    assert main(["keygen", "--out", str(keys)]) == 2  # never overwrites a key
+    seal = tmp_path / "env.seal"
+    rc = main(
+        ["env", "seal", "-o", str(seal), "--key", str(keys / "trainguard.key"),
+         "--python", env.python]
+    )  # fmt: skip
+    assert rc == 0 and seal.exists()
+    args = ["env", "verify", "--python", env.python, "--seal", str(seal)]
+    args += ["--key", str(keys / "trainguard.pub"), "--format", "json"]
+    capsys.readouterr()
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["findings"] == []
+    target = next(env.site.glob("tinypkg/*.py"))
+    target.write_bytes(target.read_bytes() + b"\n# tampered\n")
+    assert main(args) == 1
+    rules = {f["rule"] for f in json.loads(capsys.readouterr().out)["findings"]}
+    assert "env.file_modified" in rules
