@@ -9,7 +9,7 @@ tensors, named like a transformer's) into a temporary folder, reads it once so t
 cache is warm, does one untimed load of each kind, then times ``--repeat`` rounds of
 
 * ``torch.load(path, weights_only=True)`` (the baseline: torch's own safe loader), and
-* ``trainguard.load(path)`` (scan, then the same weights-only loader),
+* ``trainguard.load(path)`` (scan, then the restricted unpickler of allowed globals),
 
 interleaved, alternating which goes first, in this one process. It prints the median and
 the minimum of each, the time of the scan alone (``trainguard.scan_file``), and the
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             pass
     runs: dict[str, Callable[[], Any]] = {
         "torch.load(weights_only=True)": lambda: torch.load(path, weights_only=True),
-        "trainguard.loader": lambda: trainguard.load(path),
+        "trainguard.load": lambda: trainguard.load(path),
     }
     verdict = trainguard.scan_file(path).verdict.value
     for fn in runs.values():  # untimed: imports, allocator, caches
