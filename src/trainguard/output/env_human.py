@@ -9,14 +9,8 @@ from rich.markup import escape
 
 from trainguard.env.report import EnvReport, exit_code
 from trainguard.findings import Severity
+from trainguard.output.styles import SEVERITY_STYLE
 
-_SEV_STYLE = {
-    Severity.INFO: "dim",
-    Severity.LOW: "cyan",
-    Severity.MEDIUM: "yellow",
-    Severity.HIGH: "red",
-    Severity.CRITICAL: "bold red",
-}
 _VERDICT = {0: ("[green]INTACT[/]"), 1: "[bold red]TAMPERED[/]", 2: "[magenta]INCOMPLETE[/]"}
 
 
@@ -26,7 +20,7 @@ def render(report: EnvReport, *, color: bool = False, verbose: bool = False) -> 
     for f in report.findings:
         if f.severity is Severity.INFO and not verbose:
             continue
-        sev = _SEV_STYLE[f.severity]
+        sev = SEVERITY_STYLE[f.severity]
         console.print(f"[{sev}]{f.severity.label:<8}[/] {f.rule.value:<18} {escape(f.message)}")
         console.print(f"{'':<8} {'':<18} [dim]at {escape(str(f.location))}[/]")
     console.print(summary(report, color=color), end="")

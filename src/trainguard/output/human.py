@@ -9,19 +9,13 @@ from rich.markup import escape
 from rich.table import Table
 
 from trainguard.findings import ScanReport, Severity, Verdict
+from trainguard.output.styles import SEVERITY_STYLE
 
 _VERDICT_STYLE = {
     Verdict.SAFE: "green",
     Verdict.SUSPICIOUS: "yellow",
     Verdict.UNSAFE: "bold red",
     Verdict.ERROR: "magenta",
-}
-_SEV_STYLE = {
-    Severity.INFO: "dim",
-    Severity.LOW: "cyan",
-    Severity.MEDIUM: "yellow",
-    Severity.HIGH: "red",
-    Severity.CRITICAL: "bold red",
 }
 
 
@@ -37,7 +31,7 @@ def render(report: ScanReport, *, color: bool = False, verbose: bool = False) ->
         for f in fr.findings:
             if f.severity is Severity.INFO and not verbose:
                 continue
-            sev = _SEV_STYLE[f.severity]
+            sev = SEVERITY_STYLE[f.severity]
             where = escape(str(f.location))
             console.print(
                 f"    [{sev}]{f.severity.label:<8}[/] {f.rule.value:<24} {escape(f.message)}"

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import trainguard
-from trainguard.findings import Rule, ScanReport, Severity
+from trainguard.findings import Finding, Rule, ScanReport
 
 SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 
@@ -35,65 +36,76 @@ def _uri(path: str) -> str:
     return path.replace("\\", "/")
 
 
-def render(report: ScanReport) -> str:
-    rules = sorted({f.rule for fr in report.files for f in fr.findings}, key=lambda r: r.value)
+def location(f: Finding) -> dict[str, Any]:
+    """A file (with byte offset and container member), or, for things with no file
+    (``<environment>``), a logical location only."""
+    logical = (
+        [{"fullyQualifiedName": f.location.member, "kind": "member"}] if f.location.member else []
+    )
+    if f.location.path.startswith("<"):
+        return {"logicalLocations": logical or [{"name": f.location.path}]}
+    physical: dict[str, Any] = {"artifactLocation": {"uri": _uri(f.location.path)}}
+    if f.location.offset is not None:
+        physical["region"] = {"byteOffset": f.location.offset}
+    loc: dict[str, Any] = {"physicalLocation": physical}
+    if logical:
+        loc["logicalLocations"] = logical
+    return loc
+
+
+def log(
+    findings: Sequence[tuple[Finding, dict[str, Any]]],
+    *,
+    artifacts: Sequence[str] = (),
+    invocation: dict[str, Any] | None = None,
+) -> str:
+    """The SARIF document for ``(finding, extra result properties)`` pairs: rules described
+    once, each rule's ``security-severity`` the worst of its findings."""
+    rules = sorted({f.rule for f, _ in findings}, key=lambda r: r.value)
     index = {r: i for i, r in enumerate(rules)}
-    results: list[dict[str, Any]] = []
-    for fr in report.files:
-        for f in fr.findings:
-            region: dict[str, Any] = {}
-            if f.location.offset is not None:
-                region = {"region": {"byteOffset": f.location.offset}}
-            logical = (
-                [{"fullyQualifiedName": f.location.member, "kind": "member"}]
-                if f.location.member
-                else []
-            )
-            loc: dict[str, Any] = {
-                "physicalLocation": {"artifactLocation": {"uri": _uri(f.location.path)}, **region}
-            }
-            if logical:
-                loc["logicalLocations"] = logical
-            results.append(
-                {
-                    "ruleId": f.rule.value,
-                    "ruleIndex": index[f.rule],
-                    "level": f.severity.sarif_level,
-                    "message": {"text": f.message},
-                    "locations": [loc],
-                    "properties": {
-                        "severity": f.severity.label,
-                        "security-severity": f.severity.security_severity,
-                        "verdict": fr.verdict.value,
-                        "evidence": json.loads(json.dumps(dict(f.evidence), default=str)),
-                    },
-                }
-            )
-    doc = {
-        "$schema": SCHEMA,
-        "version": "2.1.0",
-        "runs": [
-            {
-                "tool": {
-                    "driver": {
-                        "name": "trainguard",
-                        "version": trainguard.__version__,
-                        "informationUri": "https://github.com/trainguard/trainguard",
-                        "rules": [
-                            {
-                                "id": r.value,
-                                "shortDescription": {"text": _RULE_TEXT[r]},
-                                "properties": {
-                                    "security-severity": Severity.HIGH.security_severity
-                                },
-                            }
-                            for r in rules
-                        ],
+    worst = {r: max(f.severity for f, _ in findings if f.rule is r) for r in rules}
+    results = [
+        {
+            "ruleId": f.rule.value,
+            "ruleIndex": index[f.rule],
+            "level": f.severity.sarif_level,
+            "message": {"text": f.message},
+            "locations": [location(f)],
+            "properties": {
+                "severity": f.severity.label,
+                "security-severity": f.severity.security_severity,
+                **extra,
+                "evidence": json.loads(json.dumps(dict(f.evidence), default=str)),
+            },
+        }
+        for f, extra in findings
+    ]
+    run: dict[str, Any] = {
+        "tool": {
+            "driver": {
+                "name": "trainguard",
+                "version": trainguard.__version__,
+                "informationUri": "https://github.com/trainguard/trainguard",
+                "rules": [
+                    {
+                        "id": r.value,
+                        "shortDescription": {"text": _RULE_TEXT[r]},
+                        "properties": {"security-severity": worst[r].security_severity},
                     }
-                },
-                "artifacts": [{"location": {"uri": _uri(fr.path)}} for fr in report.files],
-                "results": results,
+                    for r in rules
+                ],
             }
-        ],
+        },
+        "results": results,
     }
+    if artifacts:
+        run["artifacts"] = [{"location": {"uri": _uri(a)}} for a in artifacts]
+    if invocation is not None:
+        run["invocations"] = [invocation]
+    doc = {"$schema": SCHEMA, "version": "2.1.0", "runs": [run]}
     return json.dumps(doc, indent=2) + "\n"
+
+
+def render(report: ScanReport) -> str:
+    pairs = [(f, {"verdict": fr.verdict.value}) for fr in report.files for f in fr.findings]
+    return log(pairs, artifacts=[fr.path for fr in report.files])
