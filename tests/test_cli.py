@@ -133,3 +133,17 @@ def test_policy_add_then_scan_is_clean(tmp_path: Path, monkeypatch):
     assert main(["policy", "add", "mylab.x.Y", "--reason", "r", "--uses", "exec"]) == 2
     text = (tmp_path / "pyproject.toml").read_text()
     assert text.count("[[tool.trainguard.allow]]") == 1
+
+
+def test_convert_cli_refuses_unsafe_and_converts_clean(tmp_path: Path):
+    torch = pytest.importorskip("torch")
+    clean, evil = tmp_path / "clean.pt", tmp_path / "evil.pt"
+    torch.save({"w": torch.arange(4.0)}, clean)
+    evil.write_bytes(system_call(str(tmp_path / "PWNED")))
+    assert main(["convert", str(evil), str(tmp_path / "evil.safetensors")]) == 1
+    assert not (tmp_path / "evil.safetensors").exists()
+    assert main(["convert", str(clean), str(tmp_path / "clean.safetensors")]) == 0
+    from safetensors.torch import load_file
+
+    assert torch.equal(load_file(tmp_path / "clean.safetensors")["w"], torch.arange(4.0))
+    assert not (tmp_path / "PWNED").exists()
