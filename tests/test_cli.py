@@ -147,3 +147,26 @@ def test_convert_cli_refuses_unsafe_and_converts_clean(tmp_path: Path):
 
     assert torch.equal(load_file(tmp_path / "clean.safetensors")["w"], torch.arange(4.0))
     assert not (tmp_path / "PWNED").exists()
+
+
+def test_keygen_sign_verify_cli(tmp_path: Path, capsys):
+    pytest.importorskip("cryptography")
+    keys, model = tmp_path / "keys", tmp_path / "model"
+    model.mkdir()
+    (model / "weights.bin").write_bytes(b"\x00" * 1000)
+    (model / "config.json").write_text("{}")
+    assert main(["keygen", "--out", str(keys)]) == 0
+    assert main(["keygen", "--out", str(keys)]) == 2
+    assert main(["sign", str(model), "--key", str(keys / "signing.key")]) == 0
+    args = ["verify", str(model), "--key", str(keys / "signing.pub"), "--format", "json"]
+    capsys.readouterr()
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["ok"] is True
+    (model / "weights.bin").write_bytes(b"\x01" * 1000)
+    (model / "rng_state.pth").write_bytes(b"new")
+    assert main(args) == 1
+    rules = {f["rule"] for f in json.loads(capsys.readouterr().out)["findings"]}
+    assert rules == {"checkpoint.modified", "checkpoint.added"}
+    other = tmp_path / "other"
+    assert main(["keygen", "--out", str(other)]) == 0
+    assert main(["verify", str(model), "--key", str(other / "signing.pub")]) == 1  # wrong key

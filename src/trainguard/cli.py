@@ -94,9 +94,27 @@ def _build_parser() -> argparse.ArgumentParser:
         "--file", metavar="TOML", default="pyproject.toml", help="policy file (pyproject.toml)"
     )
 
-    keygen = sub.add_parser("keygen", help="create an Ed25519 key pair (private key 0600)")
+    keygen = sub.add_parser(
+        "keygen",
+        help="create key pairs: ECDSA P-256 for checkpoints (signing.key/.pub), Ed25519 for "
+        "ledger heads and seals (ledger.key/.pub); private keys 0600",
+    )
     keygen.add_argument("--out", metavar="DIR", default=".", help="folder for the key files")
-    keygen.add_argument("--name", default="trainguard", help="file stem (NAME.key, NAME.pub)")
+
+    sign = sub.add_parser("sign", help="sign a checkpoint file or folder (OpenSSF model-signing)")
+    sign.add_argument("path", metavar="PATH")
+    sign.add_argument("--key", required=True, metavar="PRIVATE_KEY", help="ECDSA P-256 key")
+    sign.add_argument("--signature", metavar="FILE", help="where to write the signature")
+    check = sub.add_parser(
+        "verify",
+        help="verify a signed checkpoint: modified, added, missing files",
+        description="Exit codes: 0 verified, 1 modified/missing/unsigned or bad signature, "
+        "2 error.",
+    )
+    check.add_argument("path", metavar="PATH")
+    check.add_argument("--key", required=True, metavar="PUBLIC_KEY", help="ECDSA P-256 key")
+    check.add_argument("--signature", metavar="FILE", help="signature (default: model.sig)")
+    check.add_argument("--format", choices=("human", "json", "sarif"), default="human")
 
     env = sub.add_parser("env", help="environment integrity: seal a baseline, verify against it")
     esub = env.add_subparsers(dest="env_verb", required=True)
@@ -213,19 +231,55 @@ def _convert(args: argparse.Namespace) -> int:
 def _keygen(args: argparse.Namespace) -> int:
     from trainguard import keys
 
-    private_pem, public_pem = keys.generate_ed25519()
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    private, public = out / f"{args.name}.key", out / f"{args.name}.pub"
-    if private.exists() or public.exists():
-        sys.stderr.write(f"trainguard: error: {private} or {public} exists; not overwriting\n")
+    pairs = {"signing": keys.generate_ecdsa_p256(), "ledger": keys.generate_ed25519()}
+    paths = [out / f"{stem}.{ext}" for stem in pairs for ext in ("key", "pub")]
+    if any(p.exists() for p in paths):
+        sys.stderr.write(f"trainguard: error: key files exist in {out}; not overwriting\n")
         return exit_codes.ERROR
-    fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(private_pem)
-    public.write_bytes(public_pem)
-    sys.stderr.write(f"trainguard: wrote {private} (0600) and {public}\n")
+    out.mkdir(parents=True, exist_ok=True)
+    for stem, (private_pem, public_pem) in pairs.items():
+        fd = os.open(out / f"{stem}.key", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(private_pem)
+        (out / f"{stem}.pub").write_bytes(public_pem)
+    sys.stderr.write(
+        f"trainguard: wrote {out}/signing.key, ledger.key (0600) and their .pub files\n"
+    )
     return exit_codes.OK
+
+
+def _sign(args: argparse.Namespace) -> int:
+    from trainguard import checkpoints
+
+    result = checkpoints.sign(
+        args.path, Path(args.key), out=Path(args.signature) if args.signature else None
+    )
+    sys.stderr.write(
+        f"trainguard: signed {len(result.manifest.files)} file(s): {result.signature}\n"
+    )
+    return exit_codes.OK
+
+
+def _verify(args: argparse.Namespace) -> int:
+    import json
+
+    from trainguard import checkpoints
+    from trainguard.output import sarif
+
+    result = checkpoints.verify(
+        args.path, Path(args.key), signature=Path(args.signature) if args.signature else None
+    )
+    if args.format == "json":
+        sys.stdout.write(json.dumps(result.to_json(), indent=2) + "\n")
+    elif args.format == "sarif":
+        sys.stdout.write(sarif.log([(f, {}) for f in result.findings]))
+    else:
+        state = "VERIFIED" if result.ok else "FAILED"
+        sys.stdout.write(f"{state:<10} {result.path} ({result.checked} files checked)\n")
+        for f in result.findings:
+            sys.stdout.write(f"    {f.severity.label:<8} {f.rule.value:<22} {f.message}\n")
+    return exit_codes.OK if result.ok else exit_codes.FINDINGS
 
 
 def _env(args: argparse.Namespace) -> int:
@@ -275,6 +329,8 @@ _VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
     "convert": _convert,
     "env": _env,
     "keygen": _keygen,
+    "sign": _sign,
+    "verify": _verify,
 }
 
 
@@ -285,16 +341,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _VERBS[args.verb](args)
     except TrainguardError as exc:
         sys.stderr.write(f"trainguard: error: {exc.diagnostics()}\n")
-        return exit_codes.FINDINGS if _is_blocked(exc) else exit_codes.ERROR
+        return exit_codes.FINDINGS if _is_finding(exc) else exit_codes.ERROR
     except KeyboardInterrupt:
         sys.stderr.write("trainguard: interrupted\n")
         return 130
 
 
-def _is_blocked(exc: TrainguardError) -> bool:
-    from trainguard.errors import LoadBlocked
+def _is_finding(exc: TrainguardError) -> bool:
+    """Errors that are the answer rather than a failure to get one: a refused load, a
+    signature that does not verify."""
+    from trainguard.errors import LoadBlocked, VerificationError
 
-    return isinstance(exc, LoadBlocked)
+    return isinstance(exc, LoadBlocked | VerificationError)
 
 
 if __name__ == "__main__":

@@ -79,6 +79,12 @@ class Rule(enum.StrEnum):
     ENV_STARTUP_HOOK = "env.startup_hook"
     ENV_SEAL_INVALID = "env.seal_invalid"
     ENV_ERROR = "env.error"
+    CHECKPOINT_MODIFIED = "checkpoint.modified"
+    CHECKPOINT_ADDED = "checkpoint.added"
+    CHECKPOINT_MISSING = "checkpoint.missing"
+    CHECKPOINT_UNSIGNED = "checkpoint.unsigned"
+    CHECKPOINT_ERROR = "checkpoint.error"
+    LEDGER_TAMPERED = "ledger.tampered"
 
     def __str__(self) -> str:
         return self.value

@@ -24,16 +24,17 @@ def test_keygen_seal_verify_and_tamper(env: Env, tmp_path: Path, capsys, quiet_e
     pytest.importorskip("cryptography")
     keys = tmp_path / "keys"
     assert main(["keygen", "--out", str(keys)]) == 0
-    assert os.stat(keys / "trainguard.key").st_mode & 0o077 == 0
+    assert os.stat(keys / "ledger.key").st_mode & 0o077 == 0
+    assert os.stat(keys / "signing.key").st_mode & 0o077 == 0
     assert main(["keygen", "--out", str(keys)]) == 2  # never overwrites a key
     seal = tmp_path / "env.seal"
     rc = main(
-        ["env", "seal", "-o", str(seal), "--key", str(keys / "trainguard.key"),
+        ["env", "seal", "-o", str(seal), "--key", str(keys / "ledger.key"),
          "--python", env.python]
     )  # fmt: skip
     assert rc == 0 and seal.exists()
     args = ["env", "verify", "--python", env.python, "--seal", str(seal)]
-    args += ["--key", str(keys / "trainguard.pub"), "--format", "json"]
+    args += ["--key", str(keys / "ledger.pub"), "--format", "json"]
     capsys.readouterr()
     assert main(args) == 0
     assert json.loads(capsys.readouterr().out)["findings"] == []

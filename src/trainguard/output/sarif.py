@@ -29,6 +29,12 @@ _RULE_TEXT = {
     Rule.ENV_STARTUP_HOOK: "Code runs at interpreter start-up or import without being asked.",
     Rule.ENV_SEAL_INVALID: "The environment seal's root or signature does not verify.",
     Rule.ENV_ERROR: "Part of the environment could not be checked.",
+    Rule.CHECKPOINT_MODIFIED: "A checkpoint file's bytes differ from what was signed.",
+    Rule.CHECKPOINT_ADDED: "A checkpoint holds a file that was not signed (a loader may read it).",
+    Rule.CHECKPOINT_MISSING: "A file that was signed as part of the checkpoint is gone.",
+    Rule.CHECKPOINT_UNSIGNED: "The checkpoint has no signature, so nothing vouches for it.",
+    Rule.CHECKPOINT_ERROR: "Part of the checkpoint could not be read, so it was not checked.",
+    Rule.LEDGER_TAMPERED: "The ledger was edited, reordered, truncated or its heads forged.",
 }
 
 
