@@ -148,6 +148,25 @@ def _build_parser() -> argparse.ArgumentParser:
         "--allow-findings", action="store_true", help="seal even if verification finds problems"
     )
 
+    ledger = sub.add_parser("ledger", help="the tamper-evident ledger: verify it, show it")
+    lsub = ledger.add_subparsers(dest="ledger_verb", required=True)
+    for verb, text in (
+        ("verify", "recompute every record, the Merkle tree and the signed heads"),
+        ("show", "list records (verification status included)"),
+    ):
+        lp = lsub.add_parser(verb, help=text, description="Exit codes: 0 intact, 1 tampered.")
+        lp.add_argument(
+            "--ledger",
+            metavar="DIR",
+            help="ledger folder or .jsonl export (default: $TRAINGUARD_LEDGER, then "
+            "./trainguard-ledger)",
+        )
+        lp.add_argument("--key", metavar="PUBLIC_KEY", help="Ed25519 key that signs the heads")
+        lp.add_argument("--witness", metavar="FILE", help="heads exported to a second place")
+        lp.add_argument("--format", choices=("human", "json"), default="human")
+        if verb == "show":
+            lp.add_argument("--alert", metavar="ID", help="only alerts with this id")
+
     convert = sub.add_parser(
         "convert",
         help="rewrite a pickle checkpoint (or HF folder) as safetensors, after a scan passes",
@@ -323,12 +342,54 @@ def _env(args: argparse.Namespace) -> int:
     return env.exit_code(report)
 
 
+def _ledger(args: argparse.Namespace) -> int:
+    import json
+
+    from trainguard import ledger
+
+    path = ledger.default_path(args.ledger)
+    key = Path(args.key) if args.key else None
+    if args.ledger_verb == "show":
+        doc = ledger.show(path, alert=args.alert, public_key=key, witness=args.witness)
+        if args.format == "json":
+            sys.stdout.write(json.dumps(doc, indent=2, default=str) + "\n")
+        else:
+            for r in doc["records"]:
+                what = r.get("alert") or r["kind"]
+                where = f"rank {r['rank']} step {r['step']}"
+                sys.stdout.write(
+                    f"{r['seq']:>6} {r['time']} {what:<24} {where:<18} {r['message']}\n"
+                )
+            state = (
+                "verified" if doc["verified"] else "NOT verified (run: trainguard ledger verify)"
+            )
+            sys.stderr.write(f"trainguard: {len(doc['records'])} record(s), {state}\n")
+        return exit_codes.OK if doc["verified"] else exit_codes.FINDINGS
+    result = ledger.verify(path, public_key=key, witness=args.witness)
+    if args.format == "json":
+        sys.stdout.write(json.dumps(result.to_json(), indent=2, default=str) + "\n")
+    else:
+        state = "INTACT" if result.intact else "TAMPERED"
+        sys.stdout.write(
+            f"{state:<9} {result.path}: {result.records} records, {result.heads_verified}/"
+            f"{result.heads} signed heads verified, {result.witness_heads} witness heads\n"
+        )
+        for f in result.findings:
+            sys.stdout.write(
+                f"    {f.severity.label:<8} {f.rule.value} at {f.location}: {f.message}\n"
+            )
+        for note in result.notes:
+            sys.stderr.write(f"note: {note}\n")
+    return exit_codes.OK if result.intact else exit_codes.FINDINGS
+
+
 _VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
     "scan": _scan,
     "policy": _policy_add,
     "convert": _convert,
     "env": _env,
     "keygen": _keygen,
+    "ledger": _ledger,
     "sign": _sign,
     "verify": _verify,
 }

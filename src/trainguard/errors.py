@@ -9,6 +9,8 @@
      |    +-- SuspiciousCallBlocked   code ran during a load and tried a blocked action
      +-- ConfigError           a policy or configuration file is wrong
      +-- IntegrityError        something that was recorded no longer matches
+     |    +-- SealRefused      (trainguard.env) the environment failed its pre-seal check
+     +-- LedgerWriteError      (trainguard.ledger) a record could not be made durable
      +-- VerificationError     a signature or manifest does not verify
 
 ``scan_*`` functions turn ``ScanError`` into an ``error`` result and never raise it to

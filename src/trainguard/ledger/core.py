@@ -1,0 +1,298 @@
+"""``Ledger``: append records, sign heads, export heads to a witness.
+
+Every append is one SQLite transaction that reads the tree state, assigns the next seq,
+stores the record's canonical bytes with its leaf hash and the new root, and (every
+``head_every`` records) signs a head, all under the database's write lock, so ranks
+sharing a ledger can never fork its history. ``append`` returns only after the commit is
+durable: what it returned is what a crash cannot take away.
+
+Failures that are not the caller's fault are recorded rather than raised where raising
+would stop a training job for the wrong reason: a head that cannot be signed or a
+witness that cannot be reached becomes a record in the ledger itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import socket
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from trainguard import keys
+from trainguard.errors import ConfigError, IntegrityError
+from trainguard.findings import Finding, Rule, Severity
+from trainguard.ledger import note, store
+from trainguard.ledger.ratchet import Ratchet
+from trainguard.ledger.record import Record, alert_record, event_record
+from trainguard.ledger.setup import open_meta, resolve_key
+from trainguard.ledger.tree import Frontier, leaf_hash
+from trainguard.ledger.witness import Witness
+
+__all__ = ["Ledger"]
+
+
+class Ledger:
+    """An append-only, tamper-evident log in the folder ``path``.
+
+    ``key`` (an Ed25519 private key or the path of its PEM) signs a head every
+    ``head_every`` appends and on ``close``. With ``ratchet=True`` the signing key moves
+    forward at each head (see ``trainguard.ledger.ratchet``); ``key`` is then only the
+    epoch-0 key, and without one a fresh epoch-0 key is made (its public half is
+    ``first_public_key``: keep a copy elsewhere). ``witness`` (a file) and
+    ``witness_command`` (run with the head on stdin) receive every head as it is made.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        key: keys.PrivateKey | str | os.PathLike[str] | None = None,
+        rank: int | None = None,
+        ratchet: bool = False,
+        head_every: int = 1000,
+        witness: Path | str | None = None,
+        witness_command: Sequence[str] | None = None,
+        journal: str | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.rank = rank if rank is not None else _env_rank()
+        self.head_every = head_every
+        self._key = resolve_key(key)
+        self._witness = Witness(witness, witness_command)
+        self._journal = journal
+        self._host, self._uid = socket.gethostname(), _uid()
+        self._pid = os.getpid()
+        self._store = store.acquire(self.path, journal)
+        self._closed = False
+        self._ratchet = Ratchet(self.path) if ratchet else None
+        try:
+            self.origin, self.first_public_key = open_meta(self._store, self._key, self._ratchet)
+            self._check_tip()
+        except BaseException:
+            self._closed = True
+            store.release(self._store)
+            raise
+
+    @property
+    def signing(self) -> bool:
+        return self._key is not None or self._ratchet is not None
+
+    # -- appending -------------------------------------------------------------------
+
+    def append_event(
+        self,
+        message: str,
+        *,
+        step: int | None = None,
+        evidence: Mapping[str, Any] | None = None,
+        severity: Severity | str = Severity.INFO,
+        rank: int | None = None,
+    ) -> Record:
+        rec = event_record(message, step=step, rank=rank, severity=severity, evidence=evidence)
+        return self.append(rec)
+
+    def append_alert(
+        self,
+        finding_or_rule: Finding | Rule | str,
+        *,
+        message: str | None = None,
+        severity: Severity | str | None = None,
+        step: int | None = None,
+        evidence: Mapping[str, Any] | None = None,
+        rank: int | None = None,
+    ) -> Record:
+        rec = alert_record(
+            finding_or_rule,
+            message=message,
+            severity=severity,
+            step=step,
+            rank=rank,
+            evidence=evidence,
+        )
+        return self.append(rec)
+
+    def append(self, record: Record) -> Record:
+        """Commit ``record`` (its seq, time, host, pid and uid are assigned here) and
+        return it as stored. Raises ``LedgerWriteError`` if it could not be committed."""
+        stored, _ = self._commit(record, head=False)
+        assert stored is not None
+        return stored
+
+    # -- heads -----------------------------------------------------------------------
+
+    def sign_head(self) -> note.Checkpoint:
+        """Sign a head over everything appended so far (needs a key or the ratchet)."""
+        if not self.signing:
+            raise ConfigError("this ledger has no signing key: pass key= or ratchet=True")
+        _, head = self._commit(None, head=True)
+        assert head is not None
+        return head
+
+    def _commit(
+        self, record: Record | None, *, head: bool
+    ) -> tuple[Record | None, note.Checkpoint | None]:
+        """One transaction: the record (if any), then a head if asked or due."""
+        self._check_open()
+        stored = made = None
+        problem: Exception | None = None
+        what = f"the {record.kind} {record.message[:60]!r}" if record else "a signed head"
+        with contextlib.ExitStack() as held:
+            advance: Callable[[], object] | None = None
+            with self._store.transaction(what) as c:
+                size, data = c.execute("SELECT size, frontier FROM state WHERE id = 1").fetchone()
+                tree = Frontier.from_bytes(size, data)
+                if record is not None:
+                    stored = self._insert(c, tree, record)
+                    head = self.head_every > 0 and tree.size % self.head_every == 0
+                    head = head and self._heads_wanted()
+                if head:
+                    try:
+                        made, advance = self._sign_in(c, held, tree.size, tree.root())
+                    except (ConfigError, IntegrityError) as exc:
+                        if record is None:
+                            raise
+                        problem = exc
+            if advance is not None:
+                advance()  # only once the head is committed, still under the ratchet lock
+        if stored is not None:
+            self._store.bump_tip(stored.seq)
+        if made is not None:
+            self._publish(made)
+        if problem is not None:
+            self._head_problem(problem)
+        return stored, made
+
+    def _insert(self, c: Any, tree: Frontier, record: Record) -> Record:
+        stored = replace(
+            record,
+            seq=tree.size + 1,
+            time=_now(),
+            host=self._host,
+            pid=os.getpid(),
+            uid=self._uid,
+            rank=record.rank if record.rank is not None else self.rank,
+        )
+        body = stored.leaf()
+        leaf = leaf_hash(body)
+        tree.push(leaf)
+        c.execute("INSERT INTO records VALUES (?, ?, ?, ?)", (stored.seq, body, leaf, tree.root()))
+        c.execute(
+            "UPDATE state SET size = ?, frontier = ? WHERE id = 1", (tree.size, tree.to_bytes())
+        )
+        return stored
+
+    def _heads_wanted(self) -> bool:
+        return self.signing or self._witness.configured
+
+    def _sign_in(
+        self, c: Any, held: contextlib.ExitStack, size: int, root: bytes
+    ) -> tuple[note.Checkpoint, Callable[[], object] | None]:
+        """Make and store a head inside the open transaction. With the ratchet, the lock
+        enters ``held`` (kept until the seed has advanced after the commit), and the
+        advance is returned for the caller to run once the commit succeeded."""
+        advance: Callable[[], object] | None = None
+        if self._ratchet is None:
+            body = note.body_text(self.origin, size, root)
+            head = note.sign(body, self.origin, self._key)
+        else:
+            held.enter_context(self._ratchet.locked())
+            row = c.execute("SELECT note FROM heads ORDER BY id DESC LIMIT 1").fetchone()
+            last = note.parse(row[0]).epoch if row else None
+            head, advance = self._ratchet.sign(self.origin, size, root, last)
+        c.execute("INSERT INTO heads (size, note) VALUES (?, ?)", (size, head.text))
+        return head, advance
+
+    def _publish(self, head: note.Checkpoint) -> None:
+        """Send the head to the witness; a failure is recorded, never raised."""
+        for text in self._witness.send(head.text):
+            self.append_event(
+                f"a signed head (size {head.size}) could not be exported: {text}",
+                severity=Severity.MEDIUM,
+                evidence={"tree_size": head.size, "error": text},
+            )
+
+    def _head_problem(self, exc: Exception) -> None:
+        self.append_alert(
+            Rule.LEDGER_TAMPERED,
+            message=f"a periodic head could not be signed: {exc}",
+            evidence={"error": str(exc)},
+        )
+
+    def _check_tip(self) -> None:
+        """A committed tail that vanished (torn or truncated WAL) is recorded, not
+        papered over: the next seq would otherwise reuse numbers already acknowledged."""
+        tip = store.read_tip(self.path)
+        with self._store.lock:
+            size = self._store.conn.execute("SELECT size FROM state").fetchone()[0]
+        if tip > size:
+            rec = self.append_alert(
+                Rule.LEDGER_TAMPERED,
+                severity=Severity.CRITICAL,
+                message=f"records {size + 1}..{tip} were acknowledged but are gone "
+                "(a torn or truncated write, or deletion)",
+                evidence={"acknowledged_up_to": tip, "records_found": size},
+            )
+            self._store.bump_tip(rec.seq, lower=True)  # recorded now: said once
+
+    # -- reading and closing ---------------------------------------------------------
+
+    def records(self, alert: str | Rule | None = None) -> list[Record]:
+        from trainguard.ledger.reading import parse_rows
+
+        with self._store.lock:
+            rows = self._store.conn.execute("SELECT seq, body FROM records ORDER BY seq").fetchall()
+        return parse_rows(rows, alert)
+
+    def close(self) -> None:
+        """Sign a last head if anything is unsigned, then let go of the connection."""
+        if self._closed or os.getpid() != self._pid:
+            return
+        try:
+            if self._heads_wanted():
+                with self._store.lock:
+                    row = self._store.conn.execute(
+                        "SELECT (SELECT size FROM state), (SELECT max(size) FROM heads)"
+                    ).fetchone()
+                if row[0] > (row[1] or 0):
+                    try:
+                        self._commit(None, head=True)
+                    except (ConfigError, IntegrityError) as exc:
+                        self._head_problem(exc)
+        finally:
+            self._closed = True
+            store.release(self._store)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ConfigError(f"the ledger {self.path} is closed")
+        if os.getpid() != self._pid:  # forked: never use the parent's connection
+            self._pid = os.getpid()
+            self._store = store.acquire(self.path, self._journal)
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def _now() -> str:
+    now = datetime.datetime.now(datetime.UTC)
+    return now.isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _uid() -> int | None:
+    getuid: Callable[[], int] | None = getattr(os, "getuid", None)
+    return getuid() if getuid else None
+
+
+def _env_rank() -> int | None:
+    text = os.environ.get("RANK", "")
+    return int(text) if text.isdigit() else None

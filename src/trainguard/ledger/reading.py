@@ -1,0 +1,81 @@
+"""Reading records back, for ``ledger show`` and ``Ledger.records``.
+
+A row that no longer parses is shown as a ``ledger.tampered`` alert in its place rather
+than skipped: a reader must never see a quietly shorter history.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from trainguard.errors import VerificationError
+from trainguard.findings import Rule
+from trainguard.ledger.record import Record
+from trainguard.ledger.store import DB_NAME, blob, connect_readonly
+
+__all__ = ["default_path", "parse_rows", "read_records", "show"]
+
+
+def default_path(path: str | os.PathLike[str] | None = None) -> Path:
+    """The ledger folder: ``path``, else ``$TRAINGUARD_LEDGER``, else ``./trainguard-ledger``."""
+    if path is not None:
+        return Path(path)
+    return Path(os.environ.get("TRAINGUARD_LEDGER") or "trainguard-ledger")
+
+
+def parse_rows(rows: Iterable[tuple[int, bytes]], alert: str | Rule | None = None) -> list[Record]:
+    wanted = None if alert is None else str(alert)
+    out = []
+    for seq, body in rows:
+        try:
+            rec = Record.from_leaf(blob(body))
+        except ValueError as exc:
+            rec = Record(
+                kind="alert",
+                alert=Rule.LEDGER_TAMPERED.value,
+                severity="critical",
+                message=f"record {seq} is unreadable: {exc}",
+                evidence={"stored": blob(body)[:200].decode("utf-8", "backslashreplace")},
+                seq=seq,
+            )
+        if wanted is None or rec.alert == wanted:
+            out.append(rec)
+    return out
+
+
+def read_records(path: str | os.PathLike[str], alert: str | Rule | None = None) -> list[Record]:
+    """Every record of the ledger folder ``path`` (optionally one alert id), in seq order."""
+    directory = Path(path)
+    try:
+        conn = connect_readonly(directory)
+    except (FileNotFoundError, sqlite3.Error) as exc:
+        raise VerificationError(f"no readable ledger at {directory} ({DB_NAME}): {exc}") from None
+    try:
+        rows = conn.execute("SELECT seq, body FROM records ORDER BY seq").fetchall()
+    except sqlite3.Error as exc:
+        raise VerificationError(f"the ledger {directory} cannot be read: {exc}") from None
+    finally:
+        conn.close()
+    return parse_rows(rows, alert)
+
+
+def show(
+    path: str | os.PathLike[str],
+    *,
+    alert: str | Rule | None = None,
+    public_key: Any = None,
+    witness: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
+    """The document ``trainguard ledger show --format json`` prints:
+    ``{"records": [...], "verified": bool}``, verified over the whole ledger."""
+    from trainguard.ledger.verify import verify
+
+    result = verify(path, public_key=public_key, witness=witness)
+    return {
+        "records": [r.to_json() for r in read_records(path, alert)],
+        "verified": result.intact,
+    }

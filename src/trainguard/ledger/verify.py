@@ -1,0 +1,135 @@
+"""``verify``: recompute everything the ledger claims and report what disagrees.
+
+Nothing stored is trusted: every leaf hash is recomputed from the stored canonical bytes,
+every per-record root from those hashes, and the root of the first N records is
+recomputed for every head (from the ledger and from the witness), in one pass. What each
+check finds:
+
+=============================  ==============================================
+an edited record               its bytes no longer match its hash (named by seq)
+an edit with hashes rewritten  the per-record root chain breaks there, or a head
+                               covering it disagrees
+a deleted record               a gap in seq numbers
+reordered / swapped records    a position holding another seq
+a truncated tail               the tip of acknowledged seqs, a head or witness
+                               head larger than what remains, a ratchet key
+                               that moved past the last head
+a forged or altered head       its signature under the key chain
+=============================  ==============================================
+
+Tampering is returned as ``ledger.tampered`` findings; ``VerificationError`` is raised
+only when there is nothing usable to verify (no ledger at the path).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trainguard import exit_codes, keys
+from trainguard.errors import ConfigError, VerificationError
+from trainguard.findings import Finding, Location
+from trainguard.ledger.checker import Checker
+from trainguard.ledger.store import DB_NAME
+
+__all__ = ["LedgerVerification", "check", "verify"]
+
+PublicKeySource = keys.PublicKey | str | os.PathLike[str] | bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerVerification:
+    """The outcome: ``intact`` only if no finding. ``notes`` say what could not be
+    checked (no key given, ...): they are not findings, and not silent either."""
+
+    path: str
+    records: int
+    heads: int
+    heads_verified: int
+    witness_heads: int
+    findings: tuple[Finding, ...]
+    notes: tuple[str, ...]
+
+    @property
+    def intact(self) -> bool:
+        return not self.findings
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "intact": self.intact,
+            "records": self.records,
+            "heads": self.heads,
+            "heads_verified": self.heads_verified,
+            "witness_heads": self.witness_heads,
+            "findings": [f.to_json() for f in self.findings],
+            "notes": list(self.notes),
+        }
+
+
+def check(
+    path: str | os.PathLike[str],
+    *,
+    public_key: PublicKeySource = None,
+    witness: str | os.PathLike[str] | None = None,
+) -> int:
+    """``verify`` as an exit code: 0 intact, 1 tampered (what the CLI returns)."""
+    result = verify(path, public_key=public_key, witness=witness)
+    return exit_codes.OK if result.intact else exit_codes.FINDINGS
+
+
+def verify(
+    path: str | os.PathLike[str],
+    *,
+    public_key: PublicKeySource = None,
+    witness: str | os.PathLike[str] | None = None,
+) -> LedgerVerification:
+    """Verify the ledger folder ``path`` (or a ``.jsonl`` export of one)."""
+    p = Path(path)
+    if p.is_file() and p.suffix == ".jsonl":
+        from trainguard.ledger.transfer import import_jsonl
+
+        with tempfile.TemporaryDirectory(prefix="trainguard-ledger-") as tmp:
+            import_jsonl(p, Path(tmp) / "ledger")
+            result = verify(Path(tmp) / "ledger", public_key=public_key, witness=witness)
+        findings = tuple(_relocate(f, str(p)) for f in result.findings)
+        return _replace_path(result, str(p), findings)
+    if not (p / DB_NAME).is_file():
+        raise VerificationError(f"no ledger at {p} (no {DB_NAME})")
+    anchor = _anchor(public_key)
+    checker = Checker(p, anchor, Path(witness) if witness is not None else None)
+    count, nheads, verified, nwitness = checker.run()
+    return LedgerVerification(
+        str(p), count, nheads, verified, nwitness, tuple(checker.findings), tuple(checker.notes)
+    )
+
+
+def _anchor(source: PublicKeySource) -> bytes | None:
+    """The trust anchor as raw bytes: a public key, PEM path or bytes, or 32 raw bytes."""
+    if source is None:
+        return None
+    if isinstance(source, bytes) and len(source) == 32:
+        return source
+    try:
+        if isinstance(source, str | os.PathLike | bytes):
+            return keys.public_raw(keys.load_public_key(source))
+        return keys.public_raw(source)
+    except ConfigError as exc:
+        raise VerificationError(f"unusable public key: {exc}") from None
+
+
+def _relocate(f: Finding, path: str) -> Finding:
+    return Finding(
+        f.rule, f.severity, f.message, Location(path, member=f.location.member), f.evidence
+    )
+
+
+def _replace_path(
+    r: LedgerVerification, path: str, findings: tuple[Finding, ...]
+) -> LedgerVerification:
+    return LedgerVerification(
+        path, r.records, r.heads, r.heads_verified, r.witness_heads, findings, r.notes
+    )
