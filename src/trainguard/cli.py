@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from trainguard import exit_codes
-from trainguard.errors import TrainguardError
+from trainguard.errors import ConfigError, TrainguardError
 
 if TYPE_CHECKING:
     from trainguard.scan import Policy
@@ -111,8 +111,15 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Exit codes: 0 verified, 1 modified/missing/unsigned or bad signature, "
         "2 error.",
     )
-    check.add_argument("path", metavar="PATH")
+    check.add_argument("path", metavar="PATH", nargs="?")
     check.add_argument("--key", required=True, metavar="PUBLIC_KEY", help="ECDSA P-256 key")
+    check.add_argument(
+        "--recorded",
+        action="store_true",
+        help="instead of PATH: every checkpoint the ledger saw saved (deleted, rolled back, "
+        "swapped)",
+    )
+    check.add_argument("--ledger", metavar="DIR", help="ledger folder (with --recorded)")
     check.add_argument("--signature", metavar="FILE", help="signature (default: model.sig)")
     check.add_argument("--format", choices=("human", "json", "sarif"), default="human")
 
@@ -286,6 +293,21 @@ def _verify(args: argparse.Namespace) -> int:
     from trainguard import checkpoints
     from trainguard.output import sarif
 
+    if args.recorded:
+        from trainguard.ledger import default_path
+
+        swept = checkpoints.verify_recorded(default_path(args.ledger), Path(args.key))
+        if args.format == "json":
+            sys.stdout.write(json.dumps(swept.to_json(), indent=2) + "\n")
+        elif args.format == "sarif":
+            sys.stdout.write(sarif.log([(f, {}) for f in swept.findings]))
+        else:
+            sys.stdout.write(f"{swept.checkpoints} recorded checkpoint(s)\n")
+            for f in swept.findings:
+                sys.stdout.write(f"    {f.rule.value:<22} {f.location.path}: {f.message}\n")
+        return exit_codes.OK if swept.ok else exit_codes.FINDINGS
+    if args.path is None:
+        raise ConfigError("verify needs PATH, or --recorded")
     result = checkpoints.verify(
         args.path, Path(args.key), signature=Path(args.signature) if args.signature else None
     )

@@ -15,6 +15,7 @@ files; see ``_signing``. Importing this package imports neither torch nor
 
 from __future__ import annotations
 
+from trainguard.checkpoints._recorded import RecordedVerification, verify_recorded
 from trainguard.checkpoints._results import (
     CheckpointVerification,
     FileDigest,
@@ -42,10 +43,12 @@ __all__ = [
     "Manifest",
     "PrivateKeySource",
     "PublicKeySource",
+    "RecordedVerification",
     "SaveResult",
     "SignResult",
     "read_signed_manifest",
     "save",
     "sign",
     "verify",
+    "verify_recorded",
 ]
