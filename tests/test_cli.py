@@ -157,7 +157,12 @@ def test_keygen_sign_verify_cli(tmp_path: Path, capsys):
     (model / "config.json").write_text("{}")
     assert main(["keygen", "--out", str(keys)]) == 0
     assert main(["keygen", "--out", str(keys)]) == 2
-    assert main(["sign", str(model), "--key", str(keys / "signing.key")]) == 0
+    ledger = tmp_path / "ledger"
+    assert (
+        main(["sign", str(model), "--key", str(keys / "signing.key"), "--ledger", str(ledger)]) == 0
+    )
+    recorded = ["verify", "--recorded", "--ledger", str(ledger), "--key", str(keys / "signing.pub")]
+    assert main(recorded) == 0
     args = ["verify", str(model), "--key", str(keys / "signing.pub"), "--format", "json"]
     capsys.readouterr()
     assert main(args) == 0
@@ -167,6 +172,7 @@ def test_keygen_sign_verify_cli(tmp_path: Path, capsys):
     assert main(args) == 1
     rules = {f["rule"] for f in json.loads(capsys.readouterr().out)["findings"]}
     assert rules == {"checkpoint.modified", "checkpoint.added"}
+    assert main(recorded) == 1
     other = tmp_path / "other"
     assert main(["keygen", "--out", str(other)]) == 0
     assert main(["verify", str(model), "--key", str(other / "signing.pub")]) == 1  # wrong key

@@ -105,6 +105,9 @@ def _build_parser() -> argparse.ArgumentParser:
     sign.add_argument("path", metavar="PATH")
     sign.add_argument("--key", required=True, metavar="PRIVATE_KEY", help="ECDSA P-256 key")
     sign.add_argument("--signature", metavar="FILE", help="where to write the signature")
+    sign.add_argument(
+        "--ledger", metavar="DIR", help="record the manifest digest here (for verify --recorded)"
+    )
     check = sub.add_parser(
         "verify",
         help="verify a signed checkpoint: modified, added, missing files",
@@ -281,6 +284,20 @@ def _sign(args: argparse.Namespace) -> int:
     result = checkpoints.sign(
         args.path, Path(args.key), out=Path(args.signature) if args.signature else None
     )
+    if args.ledger:
+        from trainguard.ledger import Ledger
+
+        with Ledger(args.ledger) as led:
+            led.append_event(
+                f"checkpoint signed: {result.path}",
+                evidence={
+                    "event": "checkpoint.saved",
+                    "path": str(Path(result.path).absolute()),
+                    "manifest_digest": result.manifest.manifest_digest,
+                    "signature": result.signature,
+                    "key_id": result.key_id,
+                },
+            )
     sys.stderr.write(
         f"trainguard: signed {len(result.manifest.files)} file(s): {result.signature}\n"
     )
