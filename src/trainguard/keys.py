@@ -138,20 +138,27 @@ def load_private_key(path: str | os.PathLike[str]) -> PrivateKey:
     return cast(PrivateKey, key)
 
 
-def load_public_key(source: str | os.PathLike[str] | bytes) -> PublicKey:
-    """Load an Ed25519 public key from a PEM file path or PEM bytes."""
-    serialization, ed25519 = _crypto()
+def _read_public_pem(source: str | os.PathLike[str] | bytes) -> tuple[Any, str]:
+    """(key object of whatever type, how to name the source in an error)."""
+    serialization, _ = _crypto()
     if isinstance(source, bytes):
-        data = source
+        data, what = source, "public key"
     else:
+        what = str(source)
         try:
             data = Path(source).read_bytes()
         except OSError as exc:
             raise ConfigError(f"cannot read public key {source}: {exc.strerror or exc}") from exc
     try:
-        key = serialization.load_pem_public_key(data)
+        return serialization.load_pem_public_key(data), what
     except (ValueError, TypeError) as exc:
-        raise ConfigError(f"not a PEM public key: {exc}") from exc
+        raise ConfigError(f"{what} is not a PEM public key: {exc}") from exc
+
+
+def load_public_key(source: str | os.PathLike[str] | bytes) -> PublicKey:
+    """Load an Ed25519 public key from a PEM file path or PEM bytes."""
+    _, ed25519 = _crypto()
+    key, _what = _read_public_pem(source)
     if not isinstance(key, ed25519.Ed25519PublicKey):
         raise ConfigError(f"not an Ed25519 public key ({type(key).__name__})")
     return cast(PublicKey, key)
@@ -293,19 +300,7 @@ def load_ecdsa_private_key(path: str | os.PathLike[str]) -> EcdsaPrivateKey:
 
 def load_ecdsa_public_key(source: str | os.PathLike[str] | bytes) -> EcdsaPublicKey:
     """Load a P-256 public key from a PEM file path or PEM bytes."""
-    serialization, _, _ = _ec()
-    if isinstance(source, bytes):
-        data, what = source, "public key"
-    else:
-        what = str(source)
-        try:
-            data = Path(source).read_bytes()
-        except OSError as exc:
-            raise ConfigError(f"cannot read public key {source}: {exc.strerror or exc}") from exc
-    try:
-        key = serialization.load_pem_public_key(data)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"{what} is not a PEM public key: {exc}") from exc
+    key, what = _read_public_pem(source)
     _require_p256(key, what)
     return cast(EcdsaPublicKey, key)
 
