@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import struct
+from pathlib import Path
+from typing import Any
 
 
 def s1(text: str) -> bytes:
@@ -39,3 +42,18 @@ def marker_cmd(path: str) -> bytes:
 
 def system_call(marker: str, module: str = "os", protocol: int = 2) -> bytes:
     return proto(protocol) + call(glob(module, "system"), marker_cmd(marker)) + b"."
+
+
+class Reduce:
+    """Pickles as ``fn(*args)``; only ever dumped by tests, loaded only under trainguard."""
+
+    def __init__(self, fn: Any, *args: Any) -> None:
+        self.fn, self.args = fn, args
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (self.fn, self.args)
+
+
+def payload(marker: Path | str) -> Reduce:
+    """The harmless marker payload: ``os.system("touch <marker>")`` when (wrongly) loaded."""
+    return Reduce(os.system, f"touch {marker}")

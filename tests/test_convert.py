@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -24,19 +23,7 @@ from safetensors import safe_open  # noqa: E402
 from trainguard.conversion import ConvertResult, convert  # noqa: E402
 from trainguard.errors import ConfigError, LoadBlocked  # noqa: E402
 
-
-class _Reduce:
-    """Pickles as ``fn(*args)``; only ever dumped here, never loaded outside trainguard."""
-
-    def __init__(self, fn: Any, *args: Any) -> None:
-        self.fn, self.args = fn, args
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (self.fn, self.args)
-
-
-def _payload(marker: Path) -> _Reduce:
-    return _Reduce(os.system, f"touch {marker}")
+from pk import payload  # noqa: E402
 
 
 def _assert_same(got: dict[str, Any], want: dict[str, Any]) -> None:
@@ -266,7 +253,7 @@ def test_hf_folder_sharded(tmp_path: Path) -> None:
 
 def test_poisoned_checkpoint_is_blocked_and_nothing_written(tmp_path: Path) -> None:
     marker = tmp_path / "PWNED-convert"
-    sd = {"w": torch.ones(2), "hook": _payload(marker)}
+    sd = {"w": torch.ones(2), "hook": payload(marker)}
     torch.save(sd, tmp_path / "evil.pt")
     dst = tmp_path / "out" / "evil.safetensors"
     with pytest.raises(LoadBlocked) as info:
@@ -284,7 +271,7 @@ def test_poisoned_shard_leaves_no_folder(tmp_path: Path) -> None:
     src, dst = tmp_path / "bin", tmp_path / "st"
     _bin_folder(model, src, shard_bytes=20_000)
     last = sorted(src.glob("pytorch_model-*.bin"))[-1]
-    torch.save({"w": torch.ones(1), "x": _payload(marker)}, last)
+    torch.save({"w": torch.ones(1), "x": payload(marker)}, last)
     with pytest.raises(LoadBlocked) as info:
         convert(src, dst)
     assert info.value.path == str(last)

@@ -36,19 +36,7 @@ import trainguard  # noqa: E402
 from trainguard import Finding, LoadBlocked, Rule  # noqa: E402
 from trainguard.protection import is_protected  # noqa: E402
 
-
-class _Reduce:
-    """Pickles as ``fn(*args)``; dumped here, loaded only under trainguard's protection."""
-
-    def __init__(self, fn: Any, *args: Any) -> None:
-        self.fn, self.args = fn, args
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (self.fn, self.args)
-
-
-def _payload(marker: Path) -> _Reduce:
-    return _Reduce(os.system, f"touch {marker}")
+from pk import payload  # noqa: E402
 
 
 def _blocked(exc: pytest.ExceptionInfo[LoadBlocked], marker: Path) -> None:
@@ -120,7 +108,7 @@ def _poisoned_copy(checkpoint: Path, dst: Path, marker: Path) -> Path:
     shutil.copytree(checkpoint, dst)
     state = trainguard.load(dst / "rng_state.pth")  # clean, and read the safe way
     assert set(state) >= {"python", "numpy", "cpu"}
-    state["hook"] = _payload(marker)
+    state["hook"] = payload(marker)
     torch.save(state, dst / "rng_state.pth")
     return dst
 
@@ -190,13 +178,13 @@ def test_protect_before_importing_torch(checkpoint: Path, tmp_path: Path) -> Non
 
 def _evil_and_clean(marker: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     clean = {"step": 3, "w": [1.0, 2.0]}
-    return {**clean, "hook": _payload(marker)}, clean
+    return {**clean, "hook": payload(marker)}, clean
 
 
 def test_torch_load_full_unpickler(tmp_path: Path) -> None:
     marker = tmp_path / "PWNED-torch"
     sd = {"w": torch.arange(4.0)}
-    torch.save({**sd, "hook": _payload(marker)}, tmp_path / "evil.pt")
+    torch.save({**sd, "hook": payload(marker)}, tmp_path / "evil.pt")
     torch.save(sd, tmp_path / "clean.pt")
     with trainguard.protected():
         with pytest.raises(LoadBlocked) as exc:
@@ -279,7 +267,7 @@ def test_numpy_load_object_array(tmp_path: Path) -> None:
     np = pytest.importorskip("numpy")
     marker = tmp_path / "PWNED-npy"
     evil = np.empty(2, dtype=object)
-    evil[0], evil[1] = 1.5, _payload(marker)
+    evil[0], evil[1] = 1.5, payload(marker)
     np.save(tmp_path / "evil.npy", evil, allow_pickle=True)
     with trainguard.protected(), pytest.raises(LoadBlocked) as exc:
         np.load(tmp_path / "evil.npy", allow_pickle=True)
@@ -300,7 +288,7 @@ def test_joblib_load(tmp_path: Path) -> None:
     np = pytest.importorskip("numpy")
     marker = tmp_path / "PWNED-joblib"
     coef = np.arange(6.0).reshape(2, 3)
-    joblib.dump({"coef": coef, "hook": _payload(marker)}, tmp_path / "evil.joblib")
+    joblib.dump({"coef": coef, "hook": payload(marker)}, tmp_path / "evil.joblib")
     joblib.dump({"coef": coef, "n": 3}, tmp_path / "clean.joblib")
     with trainguard.protected():
         with pytest.raises(LoadBlocked) as exc:
@@ -322,8 +310,8 @@ def test_distributed_checkpoint_metadata(tmp_path: Path) -> None:
         warnings.simplefilter("ignore")
         dcp.save(state, storage_writer=dcp.FileSystemWriter(str(tmp_path / "clean")))
         shutil.copytree(tmp_path / "clean", tmp_path / "evil")
-        payload = {"state_dict_metadata": {}, "planner_data": _payload(marker)}
-        (tmp_path / "evil" / ".metadata").write_bytes(pickle.dumps(payload, protocol=2))
+        meta = {"state_dict_metadata": {}, "planner_data": payload(marker)}
+        (tmp_path / "evil" / ".metadata").write_bytes(pickle.dumps(meta, protocol=2))
         with trainguard.protected(on_finding=findings.append):
             # dcp.load catches the LoadBlocked raised by read_metadata and reports it
             # inside its own CheckpointException (a BaseException), as text

@@ -9,6 +9,7 @@ storages (``<archive>/data/<n>``) are never read: PyTorch reads them as raw byte
 
 from __future__ import annotations
 
+import io
 import re
 import struct
 import zipfile
@@ -88,14 +89,10 @@ def open_member(ctx: FileScan, win: Window, info: zipfile.ZipInfo) -> Window:
     return ctx.window(spool)
 
 
-def _crc_ok(win: Window, expected: int) -> bool:
-    crc = 0
-    pos = 0
-    while pos < len(win):
-        chunk = win.peek_at(pos, 1 << 20)
-        crc = zlib.crc32(chunk, crc)
-        pos += len(chunk)
-    return crc == expected
+def _in_memory(ctx: FileScan, part: Window) -> tuple[Window, int]:
+    """Read a small member once: its CRC and the scan then share the same bytes."""
+    data = part.peek_at(0, len(part))
+    return ctx.window(io.BytesIO(data)), zlib.crc32(data)
 
 
 def classify(names: list[str]) -> str:
@@ -145,7 +142,10 @@ def scan(ctx: FileScan, win: Window, member: str | None, depth: int, top: bool) 
         except ScanError as exc:
             ctx.fail(exc, prefix + name)
             continue
-        if info.file_size <= _CRC_CHECKED and not _crc_ok(part, info.CRC):
+        crc = None
+        if info.file_size <= _CRC_CHECKED:
+            part, crc = _in_memory(ctx, part)
+        if crc is not None and crc != info.CRC:
             ctx.add(
                 Rule.CONTAINER_ANOMALY,
                 Severity.MEDIUM,
