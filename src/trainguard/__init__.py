@@ -9,6 +9,7 @@ import typing as _typing
 
 from trainguard.errors import (
     ConfigError,
+    GuardStopped,
     IntegrityError,
     LimitExceeded,
     LoadBlocked,
@@ -17,16 +18,28 @@ from trainguard.errors import (
     TrainguardError,
     VerificationError,
 )
-from trainguard.findings import FileResult, Finding, Location, Rule, ScanReport, Severity, Verdict
+from trainguard.findings import (
+    Alert,
+    FileResult,
+    Finding,
+    Location,
+    Rule,
+    ScanReport,
+    Severity,
+    Verdict,
+)
 from trainguard.scan import Limits, Policy, scan_bytes, scan_file, scan_path
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Alert",
     "ConfigError",
     "ConvertResult",
     "FileResult",
     "Finding",
+    "Guard",
+    "GuardStopped",
     "IntegrityError",
     "LimitExceeded",
     "Limits",
@@ -59,10 +72,12 @@ _LAZY = {
     "unprotect": "trainguard.protection",
     "convert": "trainguard.conversion",
     "ConvertResult": "trainguard.conversion",
+    "Guard": "trainguard.guard.core",
 }
 
 if _typing.TYPE_CHECKING:
     from trainguard.conversion import ConvertResult, convert
+    from trainguard.guard.core import Guard
     from trainguard.loader import load
     from trainguard.protection import protect, protected, unprotect
 

@@ -11,23 +11,65 @@ from inside the audited call.
 Imports are exempt: ``find_class`` imports modules and the import system compiles and
 executes their code, which raises the same ``compile``/``exec`` events. Which modules may be
 imported is the scanner's and the restricted unpickler's job, not this hook's.
+
+The same hook also serves the runtime guard: ``record()`` starts a process-wide recording
+(any thread, any context) of the calls a training job has no business making
+(``RECORDED_EVENTS``), handed to a callback as ``CallEvent``; it never blocks and never
+raises. Both modes coexist. With nobody recording and no guarded load, the hook returns
+after one truth test and one context-variable read.
+
+What a recording leaves out, and why:
+
+* ``compile``/``exec``/``import``, ``os.fork`` and ``socket.getaddrinfo``: honest training
+  does them all the time (imports, ``torch.compile``, DataLoader workers, DNS).
+* ``ctypes.dlsym``/``ctypes.call_function``: every ctypes call raises them; loading a
+  library (``ctypes.dlopen``) is the step that matters.
+* ``socket.sendmsg`` without an address (a connected socket, already seen at connect)
+  and ``os.kill``/``signal.pthread_kill`` with signal 0 (a liveness probe; sends nothing).
+* trainguard's own calls: the innermost frame outside the standard library is
+  trainguard's, or trainguard is reached through third-party frames only, before any
+  frame of the user's code (its ledger's witness command, its signal watcher).
+* machinery of honest jobs (``HONEST``): ``multiprocessing`` talking to its own children
+  over Unix sockets and signalling them, and the compilers of ``torch.compile``
+  (inductor, triton, cpp_extension) running the C compiler and loading what it built.
+* an installed package's top-level code, while it is imported, loading a native library
+  or running a program (torch's submodules, imported lazily, do): whether installed
+  packages are what they should be is ``trainguard env``'s question, not this hook's.
+* what the recording's ``allow`` names: an event, a module prefix, or ``EVENT@MODULE``.
+
+Recording is per process: a forked child (a DataLoader worker) starts with no recorders,
+so a worker never writes into the parent's ledger.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import os
+import socket
 import sys
 import threading
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from trainguard.errors import SuspiciousCallBlocked
 from trainguard.findings import Finding, Location, Rule, Severity
 
-__all__ = ["BLOCKED_EVENTS", "Watch", "guarding", "install"]
+__all__ = [
+    "BLOCKED_EVENTS",
+    "HONEST",
+    "RECORDED_EVENTS",
+    "SPAWN_EVENTS",
+    "CallEvent",
+    "Recording",
+    "Watch",
+    "call_at_next_event",
+    "guarding",
+    "install",
+    "record",
+]
 
 BLOCKED_EVENTS = frozenset(
     {
@@ -57,6 +99,34 @@ BLOCKED_EVENTS = frozenset(
     }
 )
 _IMPORT_CODE = ("importlib._bootstrap", "<frozen importlib._bootstrap")
+
+SPAWN_EVENTS = frozenset(
+    {"subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.forkpty",
+     "pty.spawn"}
+)  # fmt: skip
+"""Events that start another program (the signal watcher unblocks its signals for them)."""
+
+RECORDED_EVENTS = SPAWN_EVENTS | frozenset(
+    {"os.kill", "os.killpg", "signal.pthread_kill", "socket.connect", "socket.bind",
+     "socket.sendto", "socket.sendmsg", "ctypes.dlopen", "os.startfile", "webbrowser.open"}
+)  # fmt: skip
+"""What a training job has no business doing: start programs, signal processes, open
+network connections, load native libraries (see the module docstring for what is left out)."""
+
+HONEST: tuple[tuple[frozenset[str], tuple[str, ...]], ...] = (
+    (
+        frozenset({"subprocess.Popen", "os.posix_spawn", "ctypes.dlopen"}),
+        ("torch._inductor", "torch._dynamo", "torch.utils.cpp_extension", "triton"),
+    ),
+)
+"""(events, module prefixes): the compilers of ``torch.compile`` run the C compiler and load
+what it built. Matched against the modules between the call and the user's own code."""
+
+_SIGNAL_EVENTS = frozenset({"os.kill", "os.killpg", "signal.pthread_kill"})
+_SOCKET_EVENTS = frozenset({"socket.connect", "socket.bind", "socket.sendto", "socket.sendmsg"})
+_ENV_ARG = {"subprocess.Popen": 3, "os.exec": 2, "os.posix_spawn": 2, "os.spawn": 3}
+_AT_IMPORT = frozenset({"ctypes.dlopen", "subprocess.Popen", "os.posix_spawn"})
+_MAX_DEPTH = 64
 
 
 @dataclass
@@ -104,6 +174,10 @@ def _from_import_system() -> bool:
 
 
 def _hook(event: str, args: tuple[Any, ...]) -> None:
+    if _next and event != "sys._getframe":  # (sys._getframe raises its own event)
+        _fire_next()
+    if _recorders and event in _recordable:
+        _record(event, args, sys._getframe(1))
     watch = _current.get()
     if watch is None or event not in BLOCKED_EVENTS or getattr(_busy, "on", False):
         return
@@ -153,3 +227,274 @@ def guarding(
         yield watch
     finally:
         _current.reset(token)
+
+
+# -- process-wide recording (the runtime guard) ------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CallEvent:
+    """One audited call, as a recording's callback receives it.
+
+    ``site`` is the ``file:line`` responsible: the innermost frame outside the standard
+    library (``subprocess.run`` is not the culprit, its caller is). ``modules`` are the
+    non-standard-library modules from there outwards up to the first frame of the user's
+    own code (what ``allow`` and ``HONEST`` match); ``origin`` is the innermost module.
+    ``own``: trainguard's doing; ``importing``: an installed package's import-time code.
+    """
+
+    event: str
+    args: str
+    site: str
+    module: str
+    origin: str
+    modules: tuple[str, ...]
+    own: bool
+    importing: bool
+    thread: str
+    stack: str
+
+
+class Recording:
+    """An active recording; ``stop()`` ends it. ``errors`` counts callbacks that raised
+    (the hook swallows them: an audit hook that raises breaks the audited call)."""
+
+    def __init__(
+        self,
+        callback: Callable[[CallEvent], None],
+        events: frozenset[str],
+        allow: Iterable[str],
+        filtered: bool,
+    ) -> None:
+        self.callback = callback
+        self.events = events
+        self.filtered = filtered
+        self.errors = 0
+        self.last_error: str | None = None
+        self._allow_events: set[str] = set()
+        self._allow_modules: list[str] = []
+        self._allow_pairs: list[tuple[str, str]] = []
+        for item in allow:
+            name = item.strip()
+            if "@" in name:
+                event, _, module = name.partition("@")
+                self._allow_pairs.append((event.strip(), module.strip()))
+            elif name in RECORDED_EVENTS:
+                self._allow_events.add(name)
+            elif name:
+                self._allow_modules.append(name)
+
+    def allows(self, call: CallEvent) -> bool:
+        """True when the user's ``allow`` exempts this call."""
+        if call.event in self._allow_events:
+            return True
+        names = (*call.modules, call.origin)
+        if any(_under(n, p) for p in self._allow_modules for n in names):
+            return True
+        return any(
+            call.event == e and any(_under(n, p) for n in names) for e, p in self._allow_pairs
+        )
+
+    def stop(self) -> None:
+        """End the recording (idempotent)."""
+        global _recorders, _recordable
+        with _lock:
+            _recorders = tuple(r for r in _recorders if r is not self)
+            _recordable = frozenset().union(*(r.events for r in _recorders))
+
+
+_recorders: tuple[Recording, ...] = ()
+_recordable: frozenset[str] = frozenset()
+_fork_handler = False
+_kinds: dict[str, str] = {}
+_next: dict[int, tuple[tuple[str, ...], Callable[[], None]]] = {}
+
+
+def record(
+    callback: Callable[[CallEvent], None],
+    *,
+    events: Iterable[str] = RECORDED_EVENTS,
+    allow: Iterable[str] = (),
+    filtered: bool = True,
+) -> Recording:
+    """Call ``callback`` for each of ``events`` raised by any thread of this process until
+    ``stop()``. The call goes ahead; the callback runs synchronously in the calling thread
+    (keep it short, and thread-safe). ``allow`` exempts events (``"socket.connect"``),
+    module prefixes (``"wandb"``: the modules between the call and the user's own code)
+    or pairs (``"subprocess.Popen@mypkg.tools"``). ``filtered=False`` also reports what
+    trainguard, ``HONEST`` machinery and ``allow`` would exempt."""
+    global _recorders, _recordable
+    install()
+    recording = Recording(callback, frozenset(events), allow, filtered)
+    with _lock:
+        _ensure_fork_handler()
+        _recorders = (*_recorders, recording)
+        _recordable = _recordable | recording.events
+    return recording
+
+
+def call_at_next_event(callback: Callable[[], None], *, outside: tuple[str, ...] = ()) -> None:
+    """Run ``callback`` in this thread at its next audit event raised by code outside the
+    modules ``outside``: the way to act right after a call that raises no event when it is
+    done (``subprocess.Popen`` is announced, never finished). Never raises from the hook."""
+    install()
+    with _lock:
+        _ensure_fork_handler()
+        _next[threading.get_ident()] = (outside, callback)
+
+
+def _fire_next() -> None:
+    ident = threading.get_ident()
+    entry = _next.get(ident)
+    if entry is None:
+        return
+    outside, callback = entry
+    if outside:
+        name = sys._getframe(2).f_globals.get("__name__") or ""  # 0: this, 1: the hook
+        if any(_under(name, m) for m in outside):
+            return
+    _next.pop(ident, None)
+    with contextlib.suppress(Exception):
+        callback()
+
+
+def _ensure_fork_handler() -> None:
+    global _fork_handler
+    if not _fork_handler:
+        os.register_at_fork(after_in_child=_forget_recorders)
+        _fork_handler = True
+
+
+def _forget_recorders() -> None:
+    """A forked child is not the guarded process: it must not report into the parent's
+    guard (nor its ledger)."""
+    global _recorders, _recordable
+    _recorders = ()
+    _recordable = frozenset()
+    _next.clear()
+
+
+def _record(event: str, args: tuple[Any, ...], frame: Any) -> None:
+    if getattr(_busy, "on", False) or _probe_or_unaddressed(event, args):
+        return
+    _busy.on = True  # formatting the stack raises events of its own
+    try:
+        call = _describe(event, args, frame)
+        for recording in _recorders:
+            if event not in recording.events:
+                continue
+            if recording.filtered and (call.own or _honest(call, args) or recording.allows(call)):
+                continue
+            try:
+                recording.callback(call)
+            except Exception as exc:  # noqa: BLE001 - an audit hook must never raise
+                recording.errors += 1
+                recording.last_error = f"{type(exc).__name__}: {exc}"
+    except Exception:  # noqa: BLE001 - never break the audited call; nothing to tell
+        pass
+    finally:
+        _busy.on = False
+
+
+def _probe_or_unaddressed(event: str, args: tuple[Any, ...]) -> bool:
+    """Calls that send nothing anywhere new: signal 0 only asks whether a process
+    exists; ``sendmsg`` without an address writes to a socket already connected."""
+    if event in _SIGNAL_EVENTS:
+        return len(args) > 1 and args[1] == 0
+    if event == "socket.sendmsg":
+        return len(args) < 2 or args[1] is None
+    return False
+
+
+def _describe(event: str, args: tuple[Any, ...], frame: Any) -> CallEvent:
+    origin = frame.f_globals.get("__name__", "?") if frame is not None else "?"
+    site_frame = None
+    modules: list[str] = []
+    kinds: list[str] = []
+    own = importing = False
+    f, depth = frame, 0
+    while f is not None and depth < _MAX_DEPTH:
+        name = f.f_globals.get("__name__") or "?"
+        kind = _kind(name, f.f_code.co_filename)
+        if kind == "stdlib" and modules and not importing and name.startswith("importlib"):
+            importing = all(k == "third_party" for k in kinds)
+        if kind != "stdlib":
+            if site_frame is None:
+                site_frame = f
+            modules.append(name)
+            kinds.append(kind)
+            if kind == "trainguard":
+                own = True
+                break
+            if kind == "user":
+                break
+        f, depth = f.f_back, depth + 1
+    where = site_frame if site_frame is not None else frame
+    site = f"{where.f_code.co_filename}:{where.f_lineno}" if where is not None else "?"
+    module = where.f_globals.get("__name__", "?") if where is not None else "?"
+    stack = "".join(traceback.format_stack(frame, limit=8)) if frame is not None else ""
+    return CallEvent(
+        event=event,
+        args=_args_text(event, args),
+        site=site,
+        module=module,
+        origin=origin,
+        modules=tuple(modules),
+        own=own,
+        importing=importing,
+        thread=threading.current_thread().name,
+        stack=stack,
+    )
+
+
+def _kind(module: str, filename: str) -> str:
+    """``trainguard``, ``stdlib``, ``third_party`` (installed packages) or ``user``."""
+    kind = _kinds.get(filename)
+    if kind is None:
+        top = module.partition(".")[0]
+        if top == "trainguard":
+            kind = "trainguard"
+        elif top in sys.stdlib_module_names or filename.startswith("<frozen "):
+            kind = "stdlib"
+        elif "site-packages" in filename or "dist-packages" in filename:
+            kind = "third_party"
+        else:
+            kind = "user"
+        if len(_kinds) < 4096:
+            _kinds[filename] = kind
+    return kind
+
+
+def _honest(call: CallEvent, args: tuple[Any, ...]) -> bool:
+    """Machinery of honest jobs (see ``HONEST`` and the module docstring)."""
+    top = call.origin.partition(".")[0]
+    if call.event in ("os.kill", "os.killpg") and top in ("multiprocessing", "subprocess"):
+        return True  # a pool or Popen signalling the child it started
+    if call.event in _SOCKET_EVENTS and top == "multiprocessing":
+        family = getattr(args[0], "family", None) if args else None
+        if family == getattr(socket, "AF_UNIX", None):
+            return True  # DataLoader workers hand tensors over Unix sockets
+    if call.importing and call.event in _AT_IMPORT:
+        return True  # an installed package's top-level code (the env check's business)
+    names = (*call.modules, call.origin)
+    return any(
+        call.event in events and any(_under(n, p) for p in prefixes for n in names)
+        for events, prefixes in HONEST
+    )
+
+
+def _under(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def _args_text(event: str, args: tuple[Any, ...]) -> str:
+    """The call's arguments, short; an environment passed to a new program is left out
+    (it holds secrets more often than evidence)."""
+    at = _ENV_ARG.get(event)
+    if at is not None and len(args) > at and args[at] is not None:
+        args = (*args[:at], "<environment left out>", *args[at + 1 :])
+    try:
+        text = repr(args)
+    except Exception:  # noqa: BLE001 - a broken __repr__ must not lose the event
+        text = f"<{len(args)} arguments>"
+    return text[:300]

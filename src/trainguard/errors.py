@@ -10,6 +10,7 @@
      +-- ConfigError           a policy or configuration file is wrong
      +-- IntegrityError        something that was recorded no longer matches
      |    +-- SealRefused      (trainguard.env) the environment failed its pre-seal check
+ |    +-- GuardStopped     the runtime guard stopped a job on an alert (``stop_on``)
      +-- LedgerWriteError      (trainguard.ledger) a record could not be made durable
      +-- VerificationError     a signature or manifest does not verify
 
@@ -23,6 +24,7 @@ from typing import Any
 
 __all__ = [
     "ConfigError",
+    "GuardStopped",
     "IntegrityError",
     "LimitExceeded",
     "LoadBlocked",
@@ -110,6 +112,16 @@ class ConfigError(TrainguardError):
 
 class IntegrityError(TrainguardError):
     """Recorded state (an environment seal, a ledger) no longer matches reality."""
+
+
+class GuardStopped(IntegrityError):
+    """The runtime guard stopped the job because an alert reached ``stop_on``.
+
+    ``alert`` is the ``trainguard.findings.Alert`` that stopped it."""
+
+    def __init__(self, message: str, *, alert: Any = None) -> None:
+        super().__init__(message)
+        self.alert = alert
 
 
 class VerificationError(TrainguardError):

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "Alert",
     "FileResult",
     "Finding",
     "GlobalRecord",
@@ -85,6 +86,21 @@ class Rule(enum.StrEnum):
     CHECKPOINT_UNSIGNED = "checkpoint.unsigned"
     CHECKPOINT_ERROR = "checkpoint.error"
     LEDGER_TAMPERED = "ledger.tampered"
+    WEIGHT_TAMPER = "runtime.weight_tamper"
+    REPLICA_DIVERGENCE = "runtime.replica_divergence"
+    UPDATE_MISMATCH = "runtime.update_mismatch"
+    OPTIMIZER_TAMPER = "runtime.optimizer_tamper"
+    RNG_RESEED = "runtime.rng_reseed"
+    DATA_ORDER = "runtime.data_order"
+    MONKEYPATCH = "runtime.monkeypatch"
+    PROCESS_SIGNAL = "process.signal"
+    PROCESS_KILLED = "process.killed"
+    PROCESS_HANG = "process.hang"
+    PROCESS_STRAGGLER = "process.straggler"
+    GUARD_MISSING = "guard.missing"
+    GUARD_ERROR = "guard.error"
+    TRAINING_ANOMALY = "training.anomaly"
+    REPLAY_DIVERGENCE = "replay.divergence"
 
     def __str__(self) -> str:
         return self.value
@@ -137,6 +153,35 @@ class Finding:
             "message": self.message,
             "location": self.location.to_json(),
             "evidence": dict(self.evidence),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """A finding raised while a job runs: the finding plus when (step, wall time) and which
+    process (rank, pid) saw it."""
+
+    finding: Finding
+    step: int | None
+    rank: int | None
+    pid: int
+    time: float
+
+    @property
+    def rule(self) -> Rule:
+        return self.finding.rule
+
+    @property
+    def severity(self) -> Severity:
+        return self.finding.severity
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **self.finding.to_json(),
+            "step": self.step,
+            "rank": self.rank,
+            "pid": self.pid,
+            "time": self.time,
         }
 
 

@@ -18,6 +18,7 @@ from trainguard.ledger.core import Ledger
 from trainguard.ledger.note import Checkpoint
 from trainguard.ledger.reading import default_path, read_records, show
 from trainguard.ledger.record import Record
+from trainguard.ledger.sink import ledger_sink
 from trainguard.ledger.store import LedgerWriteError, network_fs_type
 from trainguard.ledger.transfer import export_jsonl, import_jsonl
 from trainguard.ledger.verify import LedgerVerification, check, verify
@@ -32,6 +33,7 @@ __all__ = [
     "default_path",
     "export_jsonl",
     "import_jsonl",
+    "ledger_sink",
     "network_fs_type",
     "read_records",
     "show",

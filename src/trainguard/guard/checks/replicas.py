@@ -1,0 +1,170 @@
+"""Replicas of one data-parallel job must stay bit-identical (``runtime.replica_divergence``),
+and no rank may be much slower than the others (``process.straggler``).
+
+With identical initial weights and all-reduced gradients, every rank applies the same
+update to the same bits, so the keyed fingerprints of the weights and of the optimizer
+state are equal on all ranks, exactly. Every ``every`` steps each rank contributes one
+small int64 vector to an ``all_gather``: weight digest, optimizer-state digest, an RNG
+state digest, and its local busy time (data loading + forward, measured from the end of
+the previous optimizer step to the end of the model's forward, which excludes the time
+spent waiting for other ranks in the backward all-reduce). A rank whose digests differ
+from the majority is named; with two ranks there is no majority, so both are named. A
+second gather of per-parameter digests then says which parameters differ.
+
+RNG states may legitimately differ (per-rank seeds), so they are recorded as evidence
+only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import statistics
+import time
+from collections import Counter, deque
+from typing import Any
+
+from trainguard.findings import Rule, Severity
+from trainguard.guard.checks.base import Check, GuardContext
+from trainguard.guard.checks.fingerprint import Fingerprinter
+
+__all__ = ["ReplicaCheck"]
+
+_STRAGGLER_RATIO = 2.0
+_STRAGGLER_MIN_S = 0.05
+
+
+class ReplicaCheck(Check):
+    name = "replicas"
+
+    def __init__(self) -> None:
+        self._fp: Fingerprinter | None = None
+        self._busy: deque[float] = deque(maxlen=32)
+        self._t0 = time.perf_counter()
+        self._hook: Any = None
+        self._steps_seen = 0
+
+    def attach(self, ctx: GuardContext) -> None:
+        self._fp = Fingerprinter(ctx.key)
+        model = ctx.model
+        if model is not None and hasattr(model, "register_forward_hook"):
+            self._hook = model.register_forward_hook(self._forward_done)
+        self._t0 = time.perf_counter()
+
+    def _forward_done(self, module: Any, args: Any, output: Any) -> None:
+        if module.training:
+            busy = time.perf_counter() - self._t0
+            self._busy.append(busy)
+            sink = getattr(self, "_sink", None)
+            if sink is not None:
+                sink.append(busy)
+
+    def after_step(self, ctx: GuardContext) -> None:
+        self._sink = getattr(ctx, "busy_times", None)
+        self._steps_seen += 1
+        if ctx.world_size > 1 and ctx.current_step % ctx.every == 0:
+            self._compare(ctx)
+        self._t0 = time.perf_counter()
+
+    def close(self, ctx: GuardContext) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+
+    # -- the comparison ------------------------------------------------------------------
+
+    def _compare(self, ctx: GuardContext) -> None:
+        import torch
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return
+        assert self._fp is not None
+        params = [p for _, p in ctx.named_parameters]
+        device = params[0].device if params else torch.device("cpu")
+        weights = self._fp.combine([self._fp.digest(p) for p in params], device)
+        state = self._fp.combine(
+            [self._fp.digest(t) for t in _state_tensors(ctx.optimizer)], device
+        )
+        rng = int.from_bytes(
+            hashlib.blake2b(torch.get_rng_state().numpy().tobytes(), digest_size=7).digest(),
+            "little",
+        )
+        busy = statistics.median(self._busy) if len(self._busy) >= 4 else -1.0
+        mine = torch.stack([weights, state, torch.tensor(rng, device=device),
+                            torch.tensor(int(busy * 1e6), device=device)])  # fmt: skip
+        gathered = [torch.empty_like(mine) for _ in range(ctx.world_size)]
+        dist.all_gather(gathered, mine)
+        rows = [g.tolist() for g in gathered]
+        self._divergence(ctx, rows, params)
+        self._stragglers(ctx, [r[3] / 1e6 for r in rows])
+        if len({r[2] for r in rows}) > 1:
+            ctx.event("replicas.rng_differs", {"rng_digests": [r[2] for r in rows]})
+
+    def _divergence(self, ctx: GuardContext, rows: list[list[int]], params: list[Any]) -> None:
+        keys = [(r[0], r[1]) for r in rows]
+        if len(set(keys)) == 1:
+            return
+        import torch
+        import torch.distributed as dist
+
+        assert self._fp is not None
+        device = params[0].device
+        per = torch.stack([self._fp.digest(p) for p in params]).to(device)
+        everyone = [torch.empty_like(per) for _ in range(ctx.world_size)]
+        dist.all_gather(everyone, per)
+        tables = [e.tolist() for e in everyone]
+        counts = Counter(keys)
+        top, votes = counts.most_common(1)[0]
+        majority = top if votes > len(keys) / 2 else None
+        odd = [r for r, k in enumerate(keys) if k != majority]
+        if ctx.rank not in odd:
+            return
+        ref = 0 if ctx.rank != 0 else 1
+        names = [n for n, _ in ctx.named_parameters]
+        differing = [names[i] for i in range(len(names)) if tables[ctx.rank][i] != tables[ref][i]]
+        what = []
+        if keys[ctx.rank][0] != keys[ref][0]:
+            what.append("weights")
+        if keys[ctx.rank][1] != keys[ref][1]:
+            what.append("optimizer state")
+        ctx.emit(
+            Rule.REPLICA_DIVERGENCE,
+            Severity.CRITICAL,
+            f"rank {ctx.rank}'s {' and '.join(what) or 'state'} differ from "
+            + (f"the majority of {len(keys)} ranks" if majority else f"rank {ref}")
+            + f" at step {ctx.current_step}"
+            + (f" (parameters: {', '.join(differing[:5])})" if differing else ""),
+            where=f"rank:{ctx.rank}",
+            evidence={
+                "rank": ctx.rank,
+                "ranks_differing": odd,
+                "majority": majority is not None,
+                "parameters": differing[:50],
+                "digests": [list(k) for k in keys],
+            },
+        )
+
+    def _stragglers(self, ctx: GuardContext, busy: list[float]) -> None:
+        if ctx.rank != 0 or any(b < 0 for b in busy) or len(busy) < 2:
+            return
+        for rank, mine in enumerate(busy):
+            others = statistics.median(b for r, b in enumerate(busy) if r != rank)
+            if mine > _STRAGGLER_RATIO * others and mine - others > _STRAGGLER_MIN_S:
+                ctx.emit(
+                    Rule.PROCESS_STRAGGLER,
+                    Severity.MEDIUM,
+                    f"rank {rank} spends {mine * 1e3:.0f} ms per step before the backward "
+                    f"pass, the other ranks {others * 1e3:.0f} ms",
+                    where=f"straggler:rank:{rank}",
+                    evidence={"rank": rank, "busy_s": busy},
+                )
+
+
+def _state_tensors(optimizer: Any) -> list[Any]:
+    out = []
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for _, value in sorted(optimizer.state.get(p, {}).items()):
+                if hasattr(value, "numel") and value.numel() > 0:
+                    out.append(value)
+    return out
