@@ -10,3 +10,9 @@ FINDINGS: Final = 1
 """Something unsafe, suspicious, tampered or unverified was found."""
 ERROR: Final = 2
 """An input could not be checked (unreadable, malformed, over a limit), or bad usage."""
+GUARD_STOPPED: Final = 86
+"""``trainguard run``: trainguard stopped the job (an alert at ``--stop-on`` or worse) or
+refused to start it. ``trainguard drill``: an attack went undetected or the clean run
+alarmed is ``FINDINGS``."""
+TIMED_OUT: Final = 124
+"""``trainguard run --timeout`` ran out (as ``timeout(1)``)."""
