@@ -1,4 +1,4 @@
-"""The README's main job: the scan demo builds its files, scans them, and is right."""
+"""The scanner's demo (examples/scan_demo.py): builds its files, scans them, and is right."""
 
 from __future__ import annotations
 

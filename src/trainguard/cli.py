@@ -177,6 +177,48 @@ def _build_parser() -> argparse.ArgumentParser:
         if verb == "show":
             lp.add_argument("--alert", metavar="ID", help="only alerts with this id")
 
+    from trainguard.launch.args import add_arguments
+
+    run = sub.add_parser(
+        "run",
+        help="guard and supervise a training job: trainguard run [flags] -- CMD ...",
+        description="Exit codes: the job's own (128+N if it died by signal N); 86 trainguard "
+        "stopped it or refused to start it (--stop-on); 124 --timeout ran out; 126/127 CMD "
+        "cannot be run; 2 usage error.",
+    )
+    add_arguments(run)
+
+    drill = sub.add_parser(
+        "drill",
+        help="run the sabotage drill: every attack of THREATS.md against a tiny real job",
+        description="Runs a tiny GPT job clean (2 ranks) and once per attack, each under "
+        "`trainguard run`, and prints whether each attack was caught, how late, and by whom. "
+        "Exit codes: 0 every attack caught and the clean run silent; 1 otherwise; 2 error.",
+    )
+    drill.add_argument("--attack", action="append", metavar="NAME", help="only these (repeat)")
+    drill.add_argument("--list", action="store_true", help="list the attacks and exit")
+    drill.add_argument("--format", choices=("human", "json"), default="human")
+    drill.add_argument(
+        "--ledger", metavar="DIR", help="folder for the runs and their ledgers (default: a new "
+        "temporary folder, kept)",
+    )  # fmt: skip
+
+    report = sub.add_parser(
+        "report",
+        help="a ledger as a terminal summary, JSON, or one self-contained HTML file",
+        description="Exit code: 0 (a tampered ledger is reported, not judged: "
+        "use `trainguard ledger verify` for that).",
+    )
+    report.add_argument(
+        "--ledger",
+        metavar="DIR",
+        help="ledger folder or .jsonl export (default: $TRAINGUARD_LEDGER, then "
+        "./trainguard-ledger)",
+    )
+    report.add_argument("-o", "--output", metavar="FILE", help="also write the HTML report here")
+    report.add_argument("--format", choices=("human", "json"), default="human")
+    report.add_argument("--key", metavar="PUBLIC_KEY", help="Ed25519 key that signs the heads")
+
     convert = sub.add_parser(
         "convert",
         help="rewrite a pickle checkpoint (or HF folder) as safetensors, after a scan passes",
@@ -381,6 +423,49 @@ def _env(args: argparse.Namespace) -> int:
     return env.exit_code(report)
 
 
+def _drill(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from trainguard.drill.render import render_human, render_json
+    from trainguard.drill.runner import run_drill
+    from trainguard.drill.scenarios import SCENARIOS
+
+    if args.list:
+        for s in SCENARIOS:
+            sys.stdout.write(f"{s.name:26s} {' | '.join(s.expected):45s} {s.description}\n")
+        return exit_codes.OK
+    err = Console(stderr=True, highlight=False)
+    report = run_drill(
+        args.attack,
+        workdir=Path(args.ledger) if args.ledger else None,
+        progress=lambda text: err.print(f"[dim]trainguard drill: {text}[/dim]"),
+    )
+    if args.format == "json":
+        sys.stdout.write(render_json(report) + "\n")
+    else:
+        render_human(report, Console(highlight=False))
+    return exit_codes.OK if report.ok else exit_codes.FINDINGS
+
+
+def _run(args: argparse.Namespace) -> int:
+    from trainguard.launch import run_command
+    from trainguard.launch.args import options_from
+
+    return run_command(options_from(args))
+
+
+def _report(args: argparse.Namespace) -> int:
+    from trainguard.ledger import default_path
+    from trainguard.report import run_report
+
+    return run_report(
+        default_path(args.ledger),
+        Path(args.output) if args.output else None,
+        args.format,
+        public_key=Path(args.key) if args.key else None,
+    )
+
+
 def _ledger(args: argparse.Namespace) -> int:
     import json
 
@@ -431,6 +516,9 @@ _VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
     "ledger": _ledger,
     "sign": _sign,
     "verify": _verify,
+    "report": _report,
+    "run": _run,
+    "drill": _drill,
 }
 
 
