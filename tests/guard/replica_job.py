@@ -29,7 +29,10 @@ def main() -> None:
             net[2].weight.data.view(-1)[0] += 1e-6
         if attack == "sleep" and rank == 1:
             time.sleep(0.15)
-        loss = ddp(torch.randn(8, 16, generator=gen)).pow(2).mean()
+        x = torch.randn(8, 16, generator=gen)
+        if attack == "poison" and rank == 1:
+            x = x * 100  # one rank's data poisoned: its local gradients explode
+        loss = ddp(x).pow(2).mean()
         loss.backward()
         opt.step()
         opt.zero_grad()

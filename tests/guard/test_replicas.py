@@ -21,19 +21,24 @@ def _port() -> int:
         return int(s.getsockname()[1])
 
 
-def _torchrun(tmp_path: Path, attack: str) -> list[tuple[str | None, int | None, int | None]]:
+def _torchrun(tmp_path: Path, attack: str) -> list[tuple[str | None, int | None, int | None, str]]:
     ledger = tmp_path / "ledger"
     env = {**os.environ, "ATTACK": attack, "OMP_NUM_THREADS": "1"}
     run = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
     cmd = [*run, "--master_addr", "127.0.0.1", "--master_port", str(_port()), str(JOB), str(ledger)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
-    return [(r.alert, r.step, r.rank) for r in read_records(ledger) if r.kind == "alert"]
+    return [
+        (r.alert, r.step, r.rank, r.evidence["location"]["path"])
+        for r in read_records(ledger)
+        if r.kind == "alert"
+    ]
 
 
-@pytest.mark.parametrize("attack", ["", "tamper", "sleep"])
+@pytest.mark.parametrize("attack", ["", "tamper", "sleep", "poison"])
 def test_two_rank_job(tmp_path: Path, attack: str) -> None:
-    alerts = _torchrun(tmp_path, attack)
+    found = _torchrun(tmp_path, attack)
+    alerts = [a[:3] for a in found]
     if attack == "":
         assert alerts == []
     elif attack == "tamper":
@@ -43,6 +48,10 @@ def test_two_rank_job(tmp_path: Path, attack: str) -> None:
             ("runtime.replica_divergence", 8, 0),
             ("runtime.replica_divergence", 8, 1),
         ]
-    else:
+    elif attack == "sleep":
         assert ("process.straggler", 4, 0) in alerts or ("process.straggler", 8, 0) in alerts
         assert {a for a, _, _ in alerts} == {"process.straggler"}
+        assert {where for *_, where in found} == {"straggler:rank:1"}
+    else:
+        assert ("training.anomaly", 4, 0) in alerts
+        assert {where for *_, where in found} == {"grad_norm:rank:1"}

@@ -12,7 +12,10 @@ from the majority is named; with two ranks there is no majority, so both are nam
 second gather of per-parameter digests then says which parameters differ.
 
 RNG states may legitimately differ (per-rank seeds), so they are recorded as evidence
-only.
+only. Each rank's *local* gradient norm (read by tensor hooks, before the all-reduce makes
+the gradients equal) is gathered too: a rank whose median local norm is ``_GRAD_RATIO``
+times the others' is named as a ``training.anomaly`` (evidence: a rank fed poisoned or
+duplicated data, or computing on a broken device).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ __all__ = ["ReplicaCheck"]
 
 _STRAGGLER_RATIO = 2.0
 _STRAGGLER_MIN_S = 0.05
+_GRAD_RATIO = 10.0
 
 
 class ReplicaCheck(Check):
@@ -42,13 +46,22 @@ class ReplicaCheck(Check):
         self._t0 = time.perf_counter()
         self._hook: Any = None
         self._steps_seen = 0
+        self._grad_hooks: list[Any] = []
+        self._sq: list[Any] = []
+        self._local: deque[Any] = deque(maxlen=16)
 
     def attach(self, ctx: GuardContext) -> None:
         self._fp = Fingerprinter(ctx.key)
         model = ctx.model
         if model is not None and hasattr(model, "register_forward_hook"):
             self._hook = model.register_forward_hook(self._forward_done)
+        if ctx.world_size > 1:
+            for _, p in ctx.named_parameters:
+                self._grad_hooks.append(p.register_hook(self._local_grad))
         self._t0 = time.perf_counter()
+
+    def _local_grad(self, grad: Any) -> None:
+        self._sq.append(grad.detach().float().pow(2).sum())
 
     def _forward_done(self, module: Any, args: Any, output: Any) -> None:
         if module.training:
@@ -61,6 +74,11 @@ class ReplicaCheck(Check):
     def after_step(self, ctx: GuardContext) -> None:
         self._sink = getattr(ctx, "busy_times", None)
         self._steps_seen += 1
+        if self._sq:
+            import torch
+
+            self._local.append(torch.stack(self._sq).sum().sqrt())
+            self._sq = []
         if ctx.world_size > 1 and ctx.current_step % ctx.every == 0:
             self._compare(ctx)
         self._t0 = time.perf_counter()
@@ -69,6 +87,9 @@ class ReplicaCheck(Check):
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
+        for handle in self._grad_hooks:
+            handle.remove()
+        self._grad_hooks = []
 
     # -- the comparison ------------------------------------------------------------------
 
@@ -90,13 +111,16 @@ class ReplicaCheck(Check):
             "little",
         )
         busy = statistics.median(self._busy) if len(self._busy) >= 4 else -1.0
+        local = torch.stack(list(self._local)).median() if self._local else torch.tensor(-1.0)
         mine = torch.stack([weights, state, torch.tensor(rng, device=device),
-                            torch.tensor(int(busy * 1e6), device=device)])  # fmt: skip
+                            torch.tensor(int(busy * 1e6), device=device),
+                            (local.to(device).double() * 1e9).round().to(torch.int64)])  # fmt: skip
         gathered = [torch.empty_like(mine) for _ in range(ctx.world_size)]
         dist.all_gather(gathered, mine)
         rows = [g.tolist() for g in gathered]
         self._divergence(ctx, rows, params)
         self._stragglers(ctx, [r[3] / 1e6 for r in rows])
+        self._grad_outliers(ctx, [r[4] / 1e9 for r in rows])
         if len({r[2] for r in rows}) > 1:
             ctx.event("replicas.rng_differs", {"rng_digests": [r[2] for r in rows]})
 
@@ -157,6 +181,21 @@ class ReplicaCheck(Check):
                     f"pass, the other ranks {others * 1e3:.0f} ms",
                     where=f"straggler:rank:{rank}",
                     evidence={"rank": rank, "busy_s": busy},
+                )
+
+    def _grad_outliers(self, ctx: GuardContext, norms: list[float]) -> None:
+        if ctx.rank != 0 or any(n <= 0 for n in norms) or len(norms) < 2:
+            return
+        for rank, mine in enumerate(norms):
+            others = statistics.median(n for r, n in enumerate(norms) if r != rank)
+            if mine > _GRAD_RATIO * others:
+                ctx.emit(
+                    Rule.TRAINING_ANOMALY,
+                    Severity.LOW,
+                    f"rank {rank}'s local gradient norm {mine:.4g} is {mine / others:.0f}x the "
+                    f"other ranks' {others:.4g} (before the all-reduce)",
+                    where=f"grad_norm:rank:{rank}",
+                    evidence={"rank": rank, "local_grad_norms": norms},
                 )
 
 
