@@ -744,3 +744,25 @@ def test_accelerator_bound_covers_float32_scalars() -> None:
     assert verdict(False, gpu_like) is not None
     assert verdict(True, gpu_like) is None
     assert verdict(True, [v * 1.001 for v in gpu_like]) is not None
+
+
+def test_deferred_judgment_reports_the_step_it_belongs_to(monkeypatch: Any) -> None:
+    """The GPU path: samples travel asynchronously and are judged once they land. Here
+    the copies never say they are ready, so every judgment waits for close(); the
+    alert still names the step of the attack."""
+    from trainguard.guard.checks import update as update_module
+
+    monkeypatch.setattr(update_module._Fetch, "ready", lambda self: False)
+    model = small_model()
+    opt = adamw(model.parameters())
+    check = UpdateCheck(deferred=True)
+    guard = Guard(model, opt, checks=[check], ledger=False, key=KEY)
+    train(model, opt, guard, HONEST)
+    assert guard.alerts == [] and check.verified_steps == 0 and len(check._queue) == HONEST
+    with patched(adam_module, "_single_tensor_adam", flip_signs(0.01)):
+        train(model, opt, guard, 3, seed=7)
+    assert guard.alerts == []
+    guard.close()
+    assert check.verified_steps == HONEST + 3
+    assert min(a.step for a in guard.alerts) == HONEST + 1
+    assert {a.rule for a in guard.alerts} == {Rule.UPDATE_MISMATCH}

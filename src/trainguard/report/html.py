@@ -13,6 +13,7 @@ one-step loss spike visible while a 10k-step curve stays a few kilobytes.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -190,6 +191,18 @@ def _nice_ticks(lo: float, hi: float, n: int) -> list[float]:
     return [first + i * step for i in range(int((hi - first) / step + 1e-9) + 1)]
 
 
+def _labels(values: list[float], log: bool) -> list[str]:
+    """Tick labels with as many decimals as the spacing needs: a gradient norm clipped
+    to 1.0 moves in the fourth digit, and ``.3g`` would print "1" at every tick."""
+    if log or len(values) < 2:
+        return [_fmt(v) for v in values]
+    step = min(b - a for a, b in itertools.pairwise(values))
+    if step <= 0 or max(abs(v) for v in values) >= 1e5:
+        return [_fmt(v) for v in values]
+    digits = max(0, -math.floor(math.log10(step)))
+    return [f"{v:.{digits}f}" for v in values]
+
+
 def _fmt(v: float) -> str:
     if v.is_integer() and abs(v) < 1e7:
         return str(int(v))
@@ -219,7 +232,8 @@ def _chart(model: ReportModel, metric: str, title: str) -> dict[str, Any] | None
                 "drawn": len(kept),
             }
         )
-    yticks = [(sy(v), _fmt(v)) for v in sy.ticks() if _inside(sy(v), TOP, H - BOTTOM)]
+    ys_ticks = [v for v in sy.ticks() if _inside(sy(v), TOP, H - BOTTOM)]
+    yticks = [(sy(v), label) for v, label in zip(ys_ticks, _labels(ys_ticks, sy.log), strict=True)]
     xticks = _anchored([(sx(v), _fmt(v)) for v in sx.ticks(8) if _inside(sx(v), LEFT, W - RIGHT)])
     lo, hi = min(xs), max(xs)
     marks = [

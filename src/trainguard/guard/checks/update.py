@@ -21,7 +21,11 @@ parameter, its gradient, the optimizer state (``exp_avg``, ``exp_avg_sq``,
 ``trainguard.guard.checks.optim_math``, plain float64 Python that shares no code with
 torch (its docstring derives the error bound: ``16`` machine epsilons of the dtype times
 the magnitude of the formula's terms, valid for the single-tensor, foreach and fused code
-paths). Samples cross to the host in one transfer per device per hook.
+paths). Samples cross to the host in one transfer per device per hook. On CUDA devices
+(or with ``deferred=True``) that transfer is asynchronous, into pinned memory, and the
+comparison runs at a later hook once the copy has landed: the training stream never waits
+for the check, and a mismatch is reported (with the step it happened at) one step later
+at most.
 
 Also verified: a parameter without a gradient is left bit-identical, and Adam's ``step``
 count advances by one. Under ``GradScaler`` the hooks either see unscaled gradients (the
@@ -82,6 +86,31 @@ class _Pending:
     grad_scale: int | None  # slot of optimizer.grad_scale in the "before" fetch
     found_inf: int | None
     old: list[list[float]] = field(default_factory=list)
+    old_fetch: _Fetch | None = None
+
+
+class _Fetch:
+    """Samples on their way to the host: on a CUDA device an asynchronous copy into
+    pinned memory with an event to ask, so the training stream never waits for it."""
+
+    def __init__(self, sizes: list[int], plan: list[tuple[list[int], Any, Any]]) -> None:
+        self.sizes = sizes
+        self.plan = plan  # (slots in order, host tensor, event or None) per device
+
+    def ready(self) -> bool:
+        return all(event is None or event.query() for _, _, event in self.plan)
+
+    def values(self) -> list[list[float]]:
+        out: list[list[float]] = [[] for _ in self.sizes]
+        for order, host, event in self.plan:
+            if event is not None:
+                event.synchronize()
+            values = host.tolist()
+            at = 0
+            for i in order:
+                out[i] = values[at : at + self.sizes[i]]
+                at += self.sizes[i]
+        return out
 
 
 class _Batch:
@@ -94,24 +123,31 @@ class _Batch:
         self.parts.append(tensor.reshape(-1))
         return len(self.parts) - 1
 
-    def fetch(self) -> list[list[float]]:
+    def start(self, *, deferred: bool = False) -> _Fetch:
+        """Start the transfer; with ``deferred`` CUDA copies are not waited for here."""
         import torch
 
         by_device: dict[Any, dict[Any, list[int]]] = {}
         for i, part in enumerate(self.parts):
             by_device.setdefault(part.device, {}).setdefault(part.dtype, []).append(i)
-        out: list[list[float]] = [[] for _ in self.parts]
+        plan: list[tuple[list[int], Any, Any]] = []
         for device, by_dtype in by_device.items():
             wide = torch.float32 if device.type == "mps" else torch.float64
             order = [i for ids in by_dtype.values() for i in ids]
             chunks = [torch.cat([self.parts[i] for i in ids]).to(wide) for ids in by_dtype.values()]
-            values = (torch.cat(chunks) if len(chunks) > 1 else chunks[0]).tolist()
-            at = 0
-            for i in order:
-                n = int(self.parts[i].numel())
-                out[i] = values[at : at + n]
-                at += n
-        return out
+            flat = torch.cat(chunks) if len(chunks) > 1 else chunks[0]
+            if deferred and device.type == "cuda":
+                host = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
+                host.copy_(flat, non_blocking=True)
+                event = torch.cuda.Event()  # type: ignore[no-untyped-call]
+                event.record()
+                plan.append((order, host, event))
+            else:
+                plan.append((order, flat, None))
+        return _Fetch([int(p.numel()) for p in self.parts], plan)
+
+    def fetch(self) -> list[list[float]]:
+        return self.start().values()
 
 
 def _take(tensor: Any, index: Any) -> Any:
@@ -153,6 +189,7 @@ class UpdateCheck(Check):
         tensors_per_step: int = 8,
         elements_per_tensor: int = 128,
         ulps: float = om.ULPS,
+        deferred: bool | None = None,
     ) -> None:
         if tensors_per_step < 1 or elements_per_tensor < 1:
             raise ValueError("tensors_per_step and elements_per_tensor must be at least 1")
@@ -161,6 +198,8 @@ class UpdateCheck(Check):
         self.tensors_per_step = tensors_per_step
         self.elements_per_tensor = elements_per_tensor
         self.ulps = ulps
+        self.deferred = deferred  # None: on CUDA devices (module doc)
+        self._queue: list[tuple[_Pending, _Fetch]] = []
         self._pending: _Pending | None = None
         self._order: list[int] = []
         self._cursor = 0
@@ -188,6 +227,8 @@ class UpdateCheck(Check):
             self._hook = register(self._see_call)
         if type(ctx.optimizer) not in self._classes:
             self._unverified(ctx, "optimizer class not modelled")
+        if self.deferred is None:
+            self.deferred = any(getattr(p, "is_cuda", False) for _, p in ctx.named_parameters)
 
     def _see_call(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         rest = args[1:] if args and args[0] is optimizer else args  # torch passes self first
@@ -195,6 +236,7 @@ class UpdateCheck(Check):
         self._closure = closure is not None
 
     def before_step(self, ctx: GuardContext) -> None:
+        self._drain(ctx)
         self._pending = None
         closure, self._closure = self._closure, False
         opt = ctx.optimizer
@@ -226,7 +268,7 @@ class UpdateCheck(Check):
             grad_scale=batch.add(_as_tensor(scale, samples)) if scale is not None else None,
             found_inf=batch.add(_as_tensor(inf, samples)) if inf is not None else None,
         )
-        pending.old = batch.fetch()
+        pending.old_fetch = batch.start(deferred=bool(self.deferred))
         self._pending = pending
 
     def after_step(self, ctx: GuardContext) -> None:
@@ -237,7 +279,23 @@ class UpdateCheck(Check):
         batch = _Batch()
         for s in pending.samples:
             self._gather_after(ctx, opt, pending, s, batch)
-        new = batch.fetch()
+        self._queue.append((pending, batch.start(deferred=bool(self.deferred))))
+        self._drain(ctx, wait=not self.deferred)
+
+    def _drain(self, ctx: GuardContext, *, wait: bool = False) -> None:
+        """Judge the steps whose samples have reached the host (all of them with
+        ``wait``). Deferred judgments report the step they belong to."""
+        while self._queue:
+            pending, fetch = self._queue[0]
+            old_fetch = pending.old_fetch
+            assert old_fetch is not None
+            if not wait and not (old_fetch.ready() and fetch.ready()):
+                return
+            self._queue.pop(0)
+            pending.old = old_fetch.values()
+            self._judge_step(ctx, pending, fetch.values())
+
+    def _judge_step(self, ctx: GuardContext, pending: _Pending, new: list[list[float]]) -> None:
         old = pending.old
         scale = old[pending.grad_scale][0] if pending.grad_scale is not None else 1.0
         skipped = pending.found_inf is not None and old[pending.found_inf][0] != 0.0
@@ -253,6 +311,7 @@ class UpdateCheck(Check):
             self._unverified(ctx, "non-finite or overflowing values", elements=unjudged)
 
     def close(self, ctx: GuardContext) -> None:
+        self._drain(ctx, wait=True)
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
@@ -526,6 +585,7 @@ class UpdateCheck(Check):
             Severity.CRITICAL,
             message,
             where=f"param:{s.name}",
+            step=pending.step,
             evidence={
                 "optimizer": pending.optimizer,
                 "quantity": m.quantity,
