@@ -41,3 +41,15 @@ def test_bad_configs_are_refused():
         GPTConfig(vocab=256, block=8, layers=1, heads=3, dim=64)
     with pytest.raises(ValueError, match="block size"):
         TinyGPT(GPTConfig.tiny())(torch.zeros(1, 65, dtype=torch.long))
+
+
+def test_weights_digest_without_numpy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch runs without numpy (a fresh `pip install torch`): the digest must too."""
+    net = TinyGPT(GPTConfig.tiny(), seed=3)
+    with_numpy = weights_digest(net)
+
+    def no_numpy(self: torch.Tensor) -> None:
+        raise RuntimeError("Numpy is not available")
+
+    monkeypatch.setattr(torch.Tensor, "numpy", no_numpy)
+    assert weights_digest(net) == with_numpy

@@ -194,5 +194,16 @@ def weights_digest(model: nn.Module) -> str:
     for name, tensor in sorted(model.state_dict().items()):
         t = tensor.detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        h.update(_raw_bytes(t))
     return h.hexdigest()
+
+
+def _raw_bytes(t: torch.Tensor) -> bytes:
+    """A CPU tensor's bytes; through numpy when it is installed (torch does not need it)."""
+    flat = t.reshape(-1).view(torch.uint8)
+    try:
+        return bytes(flat.numpy().tobytes())
+    except (RuntimeError, ImportError):  # "Numpy is not available"
+        chunk = 1 << 20
+        parts = (bytes(flat[i : i + chunk].tolist()) for i in range(0, len(flat), chunk))
+        return b"".join(parts)

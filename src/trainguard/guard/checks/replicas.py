@@ -107,7 +107,7 @@ class ReplicaCheck(Check):
             [self._fp.digest(t) for t in _state_tensors(ctx.optimizer)], device
         )
         rng = int.from_bytes(
-            hashlib.blake2b(torch.get_rng_state().numpy().tobytes(), digest_size=7).digest(),
+            hashlib.blake2b(bytes(torch.get_rng_state().tolist()), digest_size=7).digest(),
             "little",
         )
         busy = statistics.median(self._busy) if len(self._busy) >= 4 else -1.0
