@@ -27,7 +27,7 @@ def _torchrun(tmp_path: Path, attack: str) -> list[tuple[str | None, int | None,
     run = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
     cmd = [*run, "--master_addr", "127.0.0.1", "--master_port", str(_port()), str(JOB), str(ledger)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, done.stderr[-12000:]
     return [
         (r.alert, r.step, r.rank, r.evidence["location"]["path"])
         for r in read_records(ledger)

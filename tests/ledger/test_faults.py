@@ -11,6 +11,8 @@ import random
 import shutil
 import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -173,3 +175,32 @@ def test_four_processes_append_concurrently(tmp_path: Path, ratchet: bool) -> No
         assert result.heads >= 600 // 7 and result.heads_verified == result.heads
     (n,) = db(path).execute("SELECT count(*) FROM records").fetchone()
     assert n == 600
+
+
+def test_many_processes_create_one_new_ledger_at_once(tmp_path: Path) -> None:
+    """Ranks of a job open the same brand-new ledger together: setting its journal mode
+    needs the file alone and SQLite answers "locked" without waiting; nobody may fail."""
+    go = tmp_path / "go"
+    code = (
+        "import os, sys, time\n"
+        "from trainguard.ledger import Ledger\n"
+        "while not os.path.exists(sys.argv[2]): time.sleep(0.001)\n"
+        "with Ledger(sys.argv[1]) as led: led.append_event('hello')\n"
+    )
+    for attempt in range(3):
+        path = tmp_path / f"L{attempt}"
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", code, str(path), str(go)],
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(8)
+        ]
+        time.sleep(1.0)
+        go.touch()
+        for proc in procs:
+            _, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err[-2000:]
+        go.unlink()
+        assert len(read_records(path)) == 8

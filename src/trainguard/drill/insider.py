@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -37,6 +38,7 @@ class Insider(JobHooks):
         self.at = at
         self.rank = rank
         self.done = False
+        self._random = random.Random(os.getpid())
 
     def on_start(self, state: JobState) -> None:
         if self.attack == "sampler" and self._mine(state):
@@ -47,6 +49,12 @@ class Insider(JobHooks):
         self, state: JobState, x: torch.Tensor, y: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         step = state.step + 1  # the step this batch is for
+        if self.attack == "sleeps" and step >= self.at and self._mine(state):
+            # a slow node that nobody can reproduce: a random pause before every step
+            time.sleep(self._random.uniform(0.05, 0.3))
+            if not self.done:
+                self._record(state, step=step, detail="random 50-300 ms sleeps every step")
+            return x, y
         if self.done or step != self.at or not self._mine(state):
             return x, y
         action = _ACTIONS.get(self.attack)

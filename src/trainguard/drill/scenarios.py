@@ -319,15 +319,6 @@ def _signal_scenario(
     return run
 
 
-def _straggler(ws: Workspace, shared: dict[str, Any]) -> Trial:
-    base = ws.folder("straggler")
-    out, ledger = base / "out", base / "ledger"
-    cmd = ws.job_command(out, ranks=2, extra=["--sleep-rank", "1", "--sleep-s", "0.15"])
-    start = time.time()
-    code, _ = ws.run(ledger, cmd)
-    return Trial(ledger, 1, start, rank=1, exit_code=code, note="rank 1 sleeps 150 ms a step")
-
-
 def _guard_removed(ws: Workspace, shared: dict[str, Any]) -> Trial:
     base = ws.folder("guard-removed")
     out, ledger = base / "out", base / "ledger"
@@ -426,7 +417,11 @@ SCENARIOS: tuple[Scenario, ...] = (
         ranks=2,
     ),
     Scenario(
-        "straggler", ("process.straggler",), "rank 1 sleeps 150 ms every step", _straggler, ranks=2
+        "straggler",
+        ("process.straggler",),
+        "rank 1 sleeps a random 50-300 ms before every step",
+        _insider("sleeps", 1, ranks=2, rank=1),
+        ranks=2,
     ),
     Scenario(
         "ledger-edited",

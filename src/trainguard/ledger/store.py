@@ -23,6 +23,7 @@ import fcntl
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -115,7 +116,7 @@ class Store:
             self.conn = sqlite3.connect(
                 self.db, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
             )
-            (self.journal,) = self.conn.execute(f"PRAGMA journal_mode={self.journal}").fetchone()
+            self.journal = self._journal_mode(self.journal)
             self.conn.execute("PRAGMA synchronous=FULL")
             with self.transaction("the ledger schema"):
                 for statement in _SCHEMA.split(";"):
@@ -125,6 +126,22 @@ class Store:
             raise _sqlite_error(exc, self.db, "the ledger schema") from exc
         except OSError as exc:
             raise LedgerWriteError(f"cannot create the ledger {directory}: {exc}") from exc
+
+    def _journal_mode(self, mode: str) -> str:
+        """Set the journal mode, waiting out other processes. Changing it needs the file
+        to itself, and SQLite answers "locked" at once instead of calling the busy
+        handler, so two ranks creating one new ledger together would otherwise fail."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        delay = 0.005
+        while True:
+            try:
+                (got,) = self.conn.execute(f"PRAGMA journal_mode={mode}").fetchone()
+                return str(got)
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.2)
 
     @contextlib.contextmanager
     def transaction(self, what: str = "the record") -> Iterator[sqlite3.Connection]:
