@@ -120,3 +120,16 @@ def test_the_ledger_folder_comes_from_the_environment(tmp_path: Path, monkeypatc
     opt = torch.optim.AdamW(net.parameters())
     Guard(net, opt, checks=[], ledger=None).close()
     assert read_records(tmp_path / "env-ledger")[0].message == "guard.started"
+
+
+def test_a_resumed_run_numbers_its_steps_as_the_trainer_does() -> None:
+    net = guardkit.model()
+    opt = torch.optim.AdamW(net.parameters())
+    guard = Guard(net, opt, checks=[WeightsCheck()], ledger=False, start_step=100)
+
+    def tamper() -> None:
+        net[0].weight.data.add_(1e-3)  # type: ignore[index]
+
+    alerts = guardkit.train(net, opt, guard, steps=6, attacks={4: tamper})
+    assert alerts == [("runtime.weight_tamper", 104, "param:0.weight")]
+    assert guard.steps == 6 and guard.last_step == 106

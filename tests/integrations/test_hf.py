@@ -233,7 +233,7 @@ def test_resume_window_closes_before_the_first_step(tmp_path: Path) -> None:
     assert cb.guard is not None
     reseeds = [a for a in cb.guard.alerts if a.rule is Rule.RNG_RESEED]
     assert reseeds, _alerts(cb)
-    assert reseeds[0].step == 1  # the guard counts its own steps: global step 5 here
+    assert reseeds[0].step == 5  # numbered as the trainer does: global step 5 (resumed at 4)
 
 
 class _Nudge(TrainerCallback):  # type: ignore[misc]

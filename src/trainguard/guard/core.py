@@ -47,7 +47,9 @@ class Guard:
     ``ledger`` is a folder (or an open ``trainguard.ledger.Ledger``); ``None`` uses
     ``$TRAINGUARD_LEDGER`` when set and otherwise keeps alerts in memory only
     (``guard.alerts``). ``every`` is the period, in optimizer steps, of the scheduled
-    checks (code snapshot, replicas, full weight coverage). ``key`` is the per-run secret
+    checks (code snapshot, replicas, full weight coverage). ``start_step`` numbers the
+    steps of a resumed run as the trainer does (alerts then name step ``start_step + n``).
+    ``key`` is the per-run secret
     of the fingerprints (random by default, shared by the ranks of a distributed job).
     ``checks`` replaces the default set (see ``trainguard.guard.checks.default_checks``).
     """
@@ -67,6 +69,7 @@ class Guard:
         on_alert: Callable[[Alert], None] | None = None,
         checks: Sequence[Check] | None = None,
         process: bool = True,
+        start_step: int = 0,
     ) -> None:
         if every < 1:
             raise ConfigError(f"every must be at least 1, got {every}")
@@ -85,8 +88,9 @@ class Guard:
         self._events: list[tuple[str, dict[str, Any], int]] = []
         self._pending_stop: GuardStopped | None = None
         self._authorized = 0
-        self._step = 0
-        self._completed = 0
+        self.start_step = start_step
+        self._step = start_step
+        self._completed = start_step
         self._stepped_since_end = False
         self._last_end = time.perf_counter()
         self._closed = False
@@ -132,6 +136,11 @@ class Guard:
     @property
     def steps(self) -> int:
         """Optimizer steps completed under the guard."""
+        return self._completed - self.start_step
+
+    @property
+    def last_step(self) -> int:
+        """The number of the last completed optimizer step (``start_step`` + ``steps``)."""
         return self._completed
 
     @property
@@ -305,7 +314,7 @@ class Guard:
             self._run(check, "close")
         self.event(
             "guard.stopped",
-            {"steps": self._completed, "alerts": len(self.alerts)},
+            {"steps": self.steps, "last_step": self._completed, "alerts": len(self.alerts)},
         )
         self.flush()
         if self._heartbeat is not None:

@@ -91,7 +91,7 @@ class TrainguardCallback(TrainerCallback):
             every=self.every,
             key=self.key,
             stop_on=self.stop_on,
-            **self.guard_kwargs,
+            **{"start_step": int(state.global_step), **self.guard_kwargs},
         )
         self.guard.event(
             "integration.hf",

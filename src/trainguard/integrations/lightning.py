@@ -103,7 +103,7 @@ class TrainguardCallback(_Callback):
             every=self.every,
             key=self.key,
             stop_on=self.stop_on,
-            **self.guard_kwargs,
+            **{"start_step": int(trainer.global_step), **self.guard_kwargs},
         )
         self._global_step = int(trainer.global_step)
         self._loss, self._batches = None, 0

@@ -59,6 +59,10 @@ class GuardContext(Protocol):
         """Optimizer steps completed under the guard."""
 
     @property
+    def last_step(self) -> int:
+        """The number of the last completed optimizer step (resumed runs start above 0)."""
+
+    @property
     def is_authorized(self) -> bool:
         """True inside ``guard.authorized()``: changes now are the user's own."""
 

@@ -703,7 +703,7 @@ def _hex(key: bytes, data: bytes) -> str:
 
 def _completed(ctx: Any) -> int:
     """Optimizer steps completed (``Guard.steps``; ``current_step`` for other contexts)."""
-    steps = getattr(ctx, "steps", None)
+    steps = getattr(ctx, "last_step", None)
     return int(steps if steps is not None else ctx.current_step)
 
 
