@@ -49,32 +49,24 @@ from typing import Any
 
 import torch
 from torch.utils.data import (
-    BatchSampler,
     DataLoader,
-    DistributedSampler,
     IterableDataset,
-    RandomSampler,
-    SequentialSampler,
 )
 
 from trainguard.findings import Rule, Severity
 from trainguard.guard.checks.base import Check, GuardContext, StepInfo
+from trainguard.guard.checks.sampler_order import (
+    Plan,
+    plan_for,
+    standard_batch_sampler,
+    unverified_reason,
+)
 
 __all__ = ["DataCheck"]
 
 log = logging.getLogger("trainguard.guard")
 
-# Our own references, so that a later patch of torch's functions changes the sampler's
-# behaviour but not the guard's recomputation.
-_randperm = torch.randperm
-_arange = torch.arange
-_cat = torch.cat
-_empty = torch.empty
-_random_ = torch.Tensor.random_
-_Generator = torch.Generator
-_get_rng_state = torch.get_rng_state
-
-_CHUNK = 8192  # expected indices materialised as Python ints at a time
+_Generator = torch.Generator  # captured at import, as in sampler_order
 _MAX_WINDOW = 4096  # digests buffered before an event is written regardless of steps
 _WHERE = "dataloader.sampler"
 
@@ -125,7 +117,7 @@ class DataCheck(Check):
         if outer is None:  # batch_size=None: the sampler yields the indices itself
             self._install(loader, "sampler", loader.sampler, index=True)
             return
-        standard = _standard_batch_sampler(outer)
+        standard = standard_batch_sampler(outer)
         if standard is None:
             self._note(outer, "custom batch sampler: order not verified, batches fingerprinted")
             self._install(loader, "batch_sampler", outer, index=False)
@@ -184,7 +176,7 @@ class DataCheck(Check):
             self._installed = None
             self._note(original, "the loader does not draw from the replaced sampler")
         elif index:
-            reason = _unverified_reason(original)
+            reason = unverified_reason(original)
             if reason:
                 self._note(original, reason)
 
@@ -199,14 +191,14 @@ class DataCheck(Check):
 
     def _watch_indices(self, inner: Any) -> Iterator[Any]:
         it = iter(inner)  # at the same moment as without the guard
-        plan: _Plan | None = None
+        plan: Plan | None = None
         if not self._closed:
             try:
-                reason = _unverified_reason(inner)
+                reason = unverified_reason(inner)
                 if reason:
                     self._note(inner, reason)
                 else:
-                    plan = _plan_for(inner)
+                    plan = plan_for(inner)
             except Exception as exc:  # noqa: BLE001 - never break the loader; report instead
                 self._internal_error("plan", exc)
         return self._stream(it, plan, _class_name(inner), batches=False)
@@ -215,7 +207,7 @@ class DataCheck(Check):
         return self._stream(iter(inner), None, _class_name(inner), batches=True)
 
     def _stream(
-        self, it: Iterator[Any], plan: _Plan | None, name: str, *, batches: bool
+        self, it: Iterator[Any], plan: Plan | None, name: str, *, batches: bool
     ) -> Iterator[Any]:
         """Yield what the inner iterator yields, unchanged, comparing and recording.
 
@@ -270,8 +262,8 @@ class DataCheck(Check):
         yield from got
 
     def _extend(
-        self, plan: _Plan, exp: list[Any], base: int, keep: int
-    ) -> tuple[_Plan | None, list[Any], int, int]:
+        self, plan: Plan, exp: list[Any], base: int, keep: int
+    ) -> tuple[Plan | None, list[Any], int, int]:
         """The next chunk of expectations, keeping those from ``keep`` on (the open
         batch). Returns the plan (None after a failure), the list, its base, and the
         position of the next fetch (-1: the expected order has ended)."""
@@ -310,7 +302,7 @@ class DataCheck(Check):
             self._internal_error("fingerprint", exc)
 
     def _mismatch(
-        self, plan: _Plan, name: str, epoch: int, start: int, got: list[Any], want: list[Any]
+        self, plan: Plan, name: str, epoch: int, start: int, got: list[Any], want: list[Any]
     ) -> None:
         """``got`` was drawn from ``start`` on where ``want`` was due (``want`` may run
         longer: the sampler ended early). Reports the first differing position."""
@@ -433,178 +425,6 @@ class _SamplerProxy:
 
     def __repr__(self) -> str:
         return f"<trainguard recorder of {self._tg_inner!r}>"
-
-
-# -- expected orders -------------------------------------------------------------------
-
-
-class _Plan:
-    """The expected index stream, produced in segments. ``_segment`` is called right
-    before the first index of the segment is pulled from the real sampler, which is when
-    the real sampler consumes its RNG for that segment."""
-
-    def __init__(self) -> None:
-        self.evidence: dict[str, Any] = {}
-        self._seg: torch.Tensor | None = None
-        self._seg_start = 0
-        self._offset = 0
-        self._done = False
-
-    def _segment(self) -> torch.Tensor | None:
-        raise NotImplementedError
-
-    def chunk(self, pos: int) -> list[Any]:
-        if self._done:
-            return []
-        if self._seg is None or self._offset >= len(self._seg):
-            self._seg = self._segment()
-            if self._seg is None:
-                self._done = True
-                return []
-            self._seg_start, self._offset = pos, 0
-        part = self._seg[self._offset : self._offset + _CHUNK].tolist()
-        self._offset += len(part)
-        return part if part else self.chunk(pos)
-
-    def kind(self, pos: int, got: Any, want: Any) -> str:
-        """A hint for the reader: ``duplicated`` (already yielded this segment),
-        ``skipped`` (an index due later: samples dropped or moved), ``foreign`` (not
-        due at all), ``early_end`` or ``extra``."""
-        if got is None:
-            return "early_end"
-        if want is None:
-            return "extra"
-        seg, off = self._seg, pos - self._seg_start
-        try:
-            value = int(got)
-            if seg is not None and 0 <= off < len(seg):
-                if off > 0 and bool((seg[:off] == value).any()):
-                    return "duplicated"
-                if bool((seg[off + 1 :] == value).any()):
-                    return "skipped"
-        except (TypeError, ValueError, RuntimeError, OverflowError):
-            pass
-        return "foreign"
-
-
-class _Fixed(_Plan):
-    def __init__(self, order: torch.Tensor) -> None:
-        super().__init__()
-        self._order: torch.Tensor | None = order
-
-    def _segment(self) -> torch.Tensor | None:
-        order, self._order = self._order, None
-        return order
-
-
-class _Random(_Plan):
-    """``RandomSampler(replacement=False)``: ``num_samples // n`` permutations and a
-    partial one. Without a generator it seeds a private one from the global RNG at its
-    first draw; with one, each permutation draws from it when it is reached."""
-
-    def __init__(self, sampler: RandomSampler) -> None:
-        super().__init__()
-        self._sampler = sampler
-        self._n = self._full = self._rest = self._made = 0
-        self._own: torch.Generator | None = None
-        self._shared: torch.Generator | None = None
-
-    def _segment(self) -> torch.Tensor | None:
-        if self._made == 0:  # the moment the real sampler starts its body
-            n = len(self._sampler.data_source)
-            if n == 0:  # the real sampler fails on its own; nothing to compare
-                return None
-            m = self._sampler.num_samples
-            self._n, self._full, self._rest = n, m // n, m % n
-            self._shared = self._sampler.generator
-            if self._shared is None:
-                state = _get_rng_state()
-                replica = _Generator()
-                replica.set_state(state)
-                seed = int(_random_(_empty((), dtype=torch.int64), generator=replica).item())
-                self._own = _Generator()
-                self._own.manual_seed(seed)
-        index = self._made
-        if index > self._full or (index == self._full and not self._rest):
-            return None
-        self._made += 1
-        if self._own is not None:
-            perm = _randperm(self._n, generator=self._own)
-        else:
-            shared = self._shared
-            assert shared is not None
-            replica = _Generator(device=shared.device)
-            replica.set_state(shared.get_state())
-            perm = _randperm(self._n, generator=replica)
-        return perm if index < self._full else perm[: self._rest]
-
-
-def _unverified_reason(sampler: Any) -> str:
-    """Why the order of ``sampler`` cannot be recomputed ("" when it can)."""
-    kind = type(sampler)
-    if kind is RandomSampler:
-        if sampler.replacement:
-            return "replacement=True: draws are not a permutation, fingerprinted only"
-        if torch.get_default_device().type != "cpu":
-            return "RandomSampler draws on a non-CPU default device: fingerprinted only"
-        return ""
-    if kind is DistributedSampler or kind is SequentialSampler:
-        return ""
-    return "sampler class the guard cannot recompute (only torch's own): fingerprinted only"
-
-
-def _plan_for(sampler: Any) -> _Plan:
-    """The recomputation for exactly the samplers torch ships."""
-    kind = type(sampler)
-    if kind is SequentialSampler:
-        return _Fixed(_arange(len(sampler.data_source)))
-    if kind is RandomSampler:
-        return _Random(sampler)
-    plan = _Fixed(_distributed_order(sampler))
-    plan.evidence = {
-        "sampler_epoch": int(sampler.epoch),
-        "rank": int(sampler.rank),
-        "num_replicas": int(sampler.num_replicas),
-    }
-    return plan
-
-
-def _distributed_order(s: Any) -> torch.Tensor:
-    """``DistributedSampler.__iter__`` from its inputs, not its cached sizes."""
-    n = len(s.dataset)
-    replicas, rank, drop_last = int(s.num_replicas), int(s.rank), bool(s.drop_last)
-    if drop_last and n % replicas != 0:
-        per_rank = math.ceil((n - replicas) / replicas)
-    else:
-        per_rank = math.ceil(n / replicas)
-    total = per_rank * replicas
-    if s.shuffle:
-        g = _Generator()
-        g.manual_seed(int(s.seed) + int(s.epoch))
-        order = _randperm(n, generator=g)
-    else:
-        order = _arange(n)
-    if drop_last:
-        order = order[:total]
-    else:
-        pad = total - n
-        if pad <= n:
-            order = _cat([order, order[:pad]])
-        else:
-            order = _cat([order, order.repeat(math.ceil(pad / n))[:pad]])
-    return order[rank:total:replicas]
-
-
-def _standard_batch_sampler(sampler: Any) -> BatchSampler | None:
-    """The ``BatchSampler`` whose stock ``__iter__`` pulls from ``.sampler``, looking
-    through wrappers that keep the real one as ``.batch_sampler`` (accelerate's shards)."""
-    for _ in range(4):
-        if not isinstance(sampler, BatchSampler):
-            return None
-        if type(sampler).__iter__ is BatchSampler.__iter__:
-            return sampler
-        sampler = getattr(sampler, "batch_sampler", None)
-    return None
 
 
 # -- fingerprints ----------------------------------------------------------------------
