@@ -7,7 +7,10 @@ from typing import Any
 
 import torch
 
+from trainguard.drill.workspace import free_port
 from trainguard.guard import Guard
+
+__all__ = ["free_port", "model", "train"]
 
 
 def model(seed: int = 0) -> torch.nn.Module:

@@ -310,9 +310,7 @@ def _keygen(args: argparse.Namespace) -> int:
         return exit_codes.ERROR
     out.mkdir(parents=True, exist_ok=True)
     for stem, (private_pem, public_pem) in pairs.items():
-        fd = os.open(out / f"{stem}.key", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(private_pem)
+        keys.write_private_pem(out / f"{stem}.key", private_pem)
         (out / f"{stem}.pub").write_bytes(public_pem)
     sys.stderr.write(
         f"trainguard: wrote {out}/signing.key, ledger.key (0600) and their .pub files\n"

@@ -39,6 +39,7 @@ __all__ = [
     "public_raw",
     "sign",
     "verify",
+    "write_private_pem",
 ]
 
 
@@ -94,6 +95,14 @@ def generate_ed25519() -> tuple[bytes, bytes]:
         serialization.NoEncryption(),
     )
     return private, _public_pem(key.public_key())
+
+
+def write_private_pem(path: Path, pem: bytes) -> None:
+    """Create ``path`` holding ``pem``, readable by its owner only (0600 from the start,
+    never a moment wider), and never over an existing file (``FileExistsError``)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(pem)
 
 
 def _public_pem(key: Any) -> bytes:

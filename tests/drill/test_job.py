@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from guardkit import free_port
 from trainguard.drill.job import JobArgs, JobHooks, JobState, load_hooks, main, train
 from trainguard.errors import ConfigError, IntegrityError
 
@@ -216,12 +216,6 @@ def test_main_exit_codes(tmp_path, capsys):
     assert main(["--out", str(tmp_path / "bad"), "--checks", "nonesuch", "--steps", "1"]) == 2
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_two_rank_torchrun_gloo(tmp_path):
     out = tmp_path / "dist"
     env = {
@@ -232,7 +226,7 @@ def test_two_rank_torchrun_gloo(tmp_path):
     env.pop("TRAINGUARD_LEDGER", None)
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-        "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+        "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
         "-m", "trainguard.drill.job", "--out", str(out), "--steps", "8",
         "--checks", "none", "--corpus-chars", "6000",
     ]  # fmt: skip
@@ -254,17 +248,7 @@ def test_a_slow_rank_sleeps_from_the_step_asked(tmp_path):
     assert times[3] >= 0.2 and times[4] >= 0.2 and times[1] < 0.2
 
 
-def _default_checks_or_skip() -> None:
-    try:
-        from trainguard.guard.checks import default_checks
-
-        default_checks()
-    except ImportError as exc:  # the checks are written by others; skip until they exist
-        pytest.skip(f"default guard checks not importable yet: {exc}")
-
-
 def test_honest_run_under_the_default_guard_raises_nothing(tmp_path):
-    _default_checks_or_skip()
     args = JobArgs(out=str(tmp_path / "g"), steps=24, every=8, checks="default", threads=1)
     guarded = train(replace(args, ledger=str(tmp_path / "ledger")))
     assert guarded.alerts == ()
@@ -273,7 +257,6 @@ def test_honest_run_under_the_default_guard_raises_nothing(tmp_path):
 
 
 def test_honest_checkpoint_and_resume_under_the_default_guard_raise_nothing(tmp_path):
-    _default_checks_or_skip()
     common = {"steps": 12, "every": 4, "checks": "default", "threads": 1, "corpus_chars": 3000}
     full = train(JobArgs(out=str(tmp_path / "f"), checkpoint_every=6, **common))
     resumed = train(JobArgs(out=str(tmp_path / "r"), resume=full.checkpoints[0], **common))

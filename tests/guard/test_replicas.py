@@ -3,29 +3,31 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from guardkit import free_port
 from trainguard.ledger import read_records
 
 JOB = Path(__file__).with_name("replica_job.py")
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _torchrun(tmp_path: Path, attack: str) -> list[tuple[str | None, int | None, int | None, str]]:
     ledger = tmp_path / "ledger"
     env = {**os.environ, "ATTACK": attack, "OMP_NUM_THREADS": "1"}
     run = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    cmd = [*run, "--master_addr", "127.0.0.1", "--master_port", str(_port()), str(JOB), str(ledger)]
+    cmd = [
+        *run,
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+        str(JOB),
+        str(ledger),
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-12000:]
     return [

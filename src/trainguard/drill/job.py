@@ -50,6 +50,7 @@ from trainguard.drill.data import BlockDataset, EpochBatches, make_loader
 from trainguard.drill.model import GPTConfig, TinyGPT, weights_digest
 from trainguard.errors import ConfigError, IntegrityError, TrainguardError
 from trainguard.findings import Alert, Finding, Rule
+from trainguard.ledger.sink import open_ledger
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -248,15 +249,6 @@ def _checks(args: JobArgs) -> list[Any] | None:
     if unknown:
         raise ConfigError(f"unknown guard checks: {', '.join(sorted(unknown))}")
     return checks
-
-
-def _open_ledger(args: JobArgs, rank: int) -> Any:
-    path = args.ledger or os.environ.get("TRAINGUARD_LEDGER")
-    if not path:
-        return None
-    from trainguard.ledger import Ledger
-
-    return Ledger(Path(path), key=os.environ.get("TRAINGUARD_LEDGER_KEY") or None, rank=rank)
 
 
 _HOOK_METHODS = ("on_start", "on_batch", "before_step", "after_step", "on_checkpoint", "on_end")
@@ -459,8 +451,8 @@ def _run(
     )
     scheduler = make_scheduler(optimizer, args)
     state = JobState(args, rank, world, model, optimizer, scheduler, loader, ddp=ddp, out=out)
-    ledger_path = args.ledger or os.environ.get("TRAINGUARD_LEDGER") or None
-    ledger = _open_ledger(args, rank)
+    ledger, _ = open_ledger(args.ledger or None, rank)
+    ledger_path = str(ledger.path) if ledger is not None else None
     progress = _Progress(out / "progress.jsonl")
     saved: list[str] = []
     start_step = 0

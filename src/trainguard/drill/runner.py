@@ -12,13 +12,13 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from trainguard.drill.scenarios import SCENARIOS, Scenario
 from trainguard.drill.workspace import JOB_STEPS, Workspace
 from trainguard.errors import ConfigError
+from trainguard.report.model import parse_time
 
 __all__ = ["AttackResult", "DrillReport", "run_drill"]
 
@@ -157,7 +157,7 @@ def _attack(ws: Workspace, scenario: Scenario, shared: dict[str, Any]) -> Attack
                 ev = r.evidence if isinstance(r.evidence, dict) else {}
                 rank = ev.get("rank") if isinstance(ev.get("rank"), int) else r.rank
                 pid = ev.get("pid") if isinstance(ev.get("pid"), int) else r.pid
-                seen.append((r.alert, r.step, _epoch(r.time), rank, pid, _where(ev)))
+                seen.append((r.alert, r.step, parse_time(r.time), rank, pid, _where(ev)))
     for f in trial.findings:
         seen.append((f.rule.value, None, time.time(), None, None, str(f.location)))
     hits = [s for s in seen if s[0] in scenario.expected]
@@ -191,10 +191,3 @@ def _where(evidence: Any) -> str | None:
     if isinstance(loc, dict) and loc.get("path"):
         return str(loc["path"])
     return None
-
-
-def _epoch(stamp: str) -> float | None:
-    try:
-        return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None

@@ -9,7 +9,6 @@ a poisoned pickle would create a marker file, and the drill checks it never appe
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import sqlite3
@@ -23,6 +22,7 @@ from typing import Any
 
 from trainguard.drill.workspace import JOB_STEPS, Workspace, rank_pids, wait_for_step
 from trainguard.findings import Finding
+from trainguard.launch.exits import signal_name
 
 __all__ = ["SCENARIOS", "Scenario", "Trial"]
 
@@ -38,7 +38,6 @@ class Trial:
     rank: int | None = None
     findings: tuple[Finding, ...] = ()
     note: str = ""
-    exit_code: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +46,6 @@ class Scenario:
     expected: tuple[str, ...]
     description: str
     run: Callable[[Workspace, dict[str, Any]], Trial] = field(repr=False)
-    ranks: int = 1
 
 
 # -- loading -------------------------------------------------------------------------------
@@ -77,11 +75,9 @@ def _poisoned_checkpoint(ws: Workspace, shared: dict[str, Any]) -> Trial:
     ledger = base / "ledger"
     start = time.time()
     cmd = ws.job_command(base / "out", extra=["--resume", str(ckpt)])
-    code, _ = ws.run(ledger, cmd, launcher=["--resume", str(ckpt)])
+    ws.run(ledger, cmd, launcher=["--resume", str(ckpt)])
     ran = marker.exists()
-    return Trial(
-        ledger, 0, start, exit_code=code, note="payload ran!" if ran else "payload never ran"
-    )
+    return Trial(ledger, 0, start, note="payload ran!" if ran else "payload never ran")
 
 
 def _poisoned_hf_resume(ws: Workspace, shared: dict[str, Any]) -> Trial:
@@ -94,11 +90,9 @@ def _poisoned_hf_resume(ws: Workspace, shared: dict[str, Any]) -> Trial:
     # what transformers' Trainer._load_rng_state does with the file on resume
     code_line = "import sys, torch; torch.load(sys.argv[1], weights_only=False)"
     start = time.time()
-    code, _ = ws.run(ledger, [ws.python, "-c", code_line, str(folder / "rng_state.pth")])
+    ws.run(ledger, [ws.python, "-c", code_line, str(folder / "rng_state.pth")])
     ran = marker.exists()
-    return Trial(
-        ledger, 0, start, exit_code=code, note="payload ran!" if ran else "payload never ran"
-    )
+    return Trial(ledger, 0, start, note="payload ran!" if ran else "payload never ran")
 
 
 # -- the environment -----------------------------------------------------------------------
@@ -168,7 +162,7 @@ def _pth_injection(ws: Workspace, shared: dict[str, Any]) -> Trial:
     )
     code, _ = ws.finish(proc)
     marker.unlink(missing_ok=True)  # the probe never runs site; only the refused job could
-    return Trial(ledger, 0, start, exit_code=code, note="job refused" if code == 86 else "")
+    return Trial(ledger, 0, start, note="job refused" if code == 86 else "")
 
 
 # -- inside the job ------------------------------------------------------------------------
@@ -181,23 +175,22 @@ def _insider(
         base = ws.folder(f"insider-{attack}")
         out, ledger = base / "out", base / "ledger"
         cmd = ws.job_command(out, ranks=ranks, extra=extra)
-        code, _ = ws.run(ledger, cmd, attack=attack, at=at, rank=rank)
-        return _injected(out, ledger, code)
+        ws.run(ledger, cmd, attack=attack, at=at, rank=rank)
+        return _injected(out, ledger)
 
     return run
 
 
-def _injected(out: Path, ledger: Path, code: int | None) -> Trial:
+def _injected(out: Path, ledger: Path) -> Trial:
     records = [json.loads(p.read_text()) for p in sorted(out.glob("injected-*.json"))]
     if not records:
-        return Trial(ledger, None, time.time(), exit_code=code, note="the attack never ran")
+        return Trial(ledger, None, time.time(), note="the attack never ran")
     first = min(records, key=lambda r: r["time"])
     return Trial(
         ledger,
         first["step"],
         first["time"],
         rank=first["rank"],
-        exit_code=code,
         note=first["detail"],
     )
 
@@ -214,9 +207,8 @@ def _signed_run(ws: Workspace, shared: dict[str, Any]) -> tuple[Path, Path]:
     base = ws.folder("checkpoints")
     private, _ = keys.generate_ecdsa_p256()
     key = base / "signing.key"
-    fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(private)
+    key.unlink(missing_ok=True)
+    keys.write_private_pem(key, private)
     out, ledger = base / "out", base / "ledger"
     cmd = ws.job_command(out, extra=["--checkpoint-every", "4"])
     ws.run(ledger, cmd, env={"TRAINGUARD_SIGNING_KEY": str(key)})
@@ -229,7 +221,7 @@ def _recorded(ledger: Path, start: float, step: int, note: str) -> Trial:
     from trainguard.ledger import Ledger
 
     result = checkpoints.verify_recorded(ledger)
-    with Ledger(ledger) as led:  # as `trainguard verify --recorded --ledger` records it
+    with Ledger(ledger) as led:  # the verification's findings, on record with the run
         for finding in result.findings:
             led.append_alert(finding)
     return Trial(ledger, step, start, note=note)
@@ -255,7 +247,7 @@ def _checkpoint_deleted(ws: Workspace, shared: dict[str, Any]) -> Trial:
 
 def _ledger_edited(ws: Workspace, shared: dict[str, Any]) -> Trial:
     from trainguard.ledger import verify
-    from trainguard.ledger.store import DB_NAME
+    from trainguard.ledger.store import DB_NAME, blob
 
     clean = shared.get("clean_ledger")
     if clean is None:
@@ -268,7 +260,7 @@ def _ledger_edited(ws: Workspace, shared: dict[str, Any]) -> Trial:
     try:
         query = "SELECT seq, body FROM records ORDER BY seq LIMIT 1 OFFSET 2"
         seq, body = conn.execute(query).fetchone()
-        raw = bytes(body) if not isinstance(body, str) else body.encode()
+        raw = blob(body)
         edited = raw.replace(b'"severity":"info"', b'"severity":"low"', 1)
         conn.execute("UPDATE records SET body = ? WHERE seq = ?", (edited, seq))
         conn.commit()
@@ -305,14 +297,13 @@ def _signal_scenario(
         # so the guard can still read the sender's command line
         script = f"kill -{signum} {pid}; sleep 1"
         killer = subprocess.run(["sh", "-c", script], check=False)
-        code, _ = ws.finish(proc)
+        ws.finish(proc)
         return Trial(
             ledger,
             step + 1,
             start,
             rank=target,
-            exit_code=code,
-            note=f"`sh -c 'kill -{signal.Signals(signum).name}'` (another process) to "
+            note=f"`sh -c 'kill -{signal_name(signum)}'` (another process) to "
             f"rank {target} pid {pid}; kill exited {killer.returncode}",
         )
 
@@ -331,8 +322,8 @@ def _guard_removed(ws: Workspace, shared: dict[str, Any]) -> Trial:
         rank=1,
         launcher=["--closed-after", "1", "--stop-on", "medium"],
     )
-    code, _ = ws.finish(proc)
-    return _injected(out, ledger, code)
+    ws.finish(proc)
+    return _injected(out, ledger)
 
 
 # -- the list ------------------------------------------------------------------------------
@@ -389,7 +380,6 @@ SCENARIOS: tuple[Scenario, ...] = (
         ("runtime.weight_tamper", "runtime.replica_divergence"),
         "one weight of rank 1 moved by 1 ulp through .data",
         _insider("weights", 5, ranks=2, rank=1),
-        ranks=2,
     ),
     Scenario(
         "checkpoint-edited",
@@ -414,14 +404,12 @@ SCENARIOS: tuple[Scenario, ...] = (
         ("process.killed",),
         "SIGKILL to rank 1 of a 2-rank job",
         _signal_scenario("sigkill-rank", signal.SIGKILL, 2, 1),
-        ranks=2,
     ),
     Scenario(
         "straggler",
         ("process.straggler",),
         "rank 1 sleeps a random 50-300 ms before every step",
         _insider("sleeps", 1, ranks=2, rank=1),
-        ranks=2,
     ),
     Scenario(
         "ledger-edited",
@@ -434,6 +422,5 @@ SCENARIOS: tuple[Scenario, ...] = (
         ("guard.missing",),
         "rank 1 closes and drops its guard mid-run and trains on",
         _guard_removed,
-        ranks=2,
     ),
 )

@@ -21,7 +21,7 @@ from typing import Any
 from trainguard.drill.insider import AT_ENV, ATTACK_ENV, RANK_ENV
 from trainguard.drill.job import HOOKS_ENV
 
-__all__ = ["JOB_STEPS", "Workspace"]
+__all__ = ["JOB_STEPS", "Workspace", "free_port"]
 
 JOB_STEPS = 16
 _JOB_FLAGS = ("--every", "4", "--corpus-chars", "4096", "--threads", "1")
@@ -68,7 +68,7 @@ class Workspace:
             "--master_addr",
             "127.0.0.1",
             "--master_port",
-            str(_free_port()),
+            str(free_port()),
             *job,
         ]
 
@@ -164,7 +164,8 @@ def rank_pids(ledger: Path, timeout: float = 30.0) -> dict[int, int]:
     return found
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (torchrun's rendezvous)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])

@@ -22,13 +22,13 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from trainguard.errors import ConfigError, GuardStopped
 from trainguard.findings import Alert, Finding, Location, Rule, Severity
 from trainguard.guard.checks.base import Check, StepInfo
 from trainguard.guard.heartbeat import Heartbeat
+from trainguard.ledger.sink import open_ledger
 
 __all__ = ["DEFAULT_EVERY", "Guard"]
 
@@ -96,7 +96,7 @@ class Guard:
         self._closed = False
         self._hooks: list[Any] = []
         self.busy_times: deque[float] = deque(maxlen=64)
-        self._ledger, self._own_ledger = _open_ledger(ledger, self.rank)
+        self._ledger, self._own_ledger = open_ledger(ledger, self.rank)
         self.key = self._agree_key(key)
         self._named = _trainable(model, optimizer)
         self._heartbeat = Heartbeat.from_env(self.rank)
@@ -337,22 +337,6 @@ def _dist_rank() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return int(dist.get_rank()), int(dist.get_world_size())
     return int(os.environ.get("RANK", "0") or 0), 1
-
-
-def _open_ledger(ledger: Any, rank: int) -> tuple[Any, bool]:
-    from trainguard.ledger import Ledger
-
-    if ledger is False:
-        return None, False
-    if isinstance(ledger, Ledger):
-        return ledger, False
-    if ledger is None:
-        env = os.environ.get("TRAINGUARD_LEDGER")
-        if not env:
-            return None, False
-        ledger = env
-    key = os.environ.get("TRAINGUARD_LEDGER_KEY") or None
-    return Ledger(Path(ledger), key=key, rank=rank), True
 
 
 def _trainable(model: Any, optimizer: Any) -> list[tuple[str, Any]]:

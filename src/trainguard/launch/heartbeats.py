@@ -102,10 +102,6 @@ class RankView:
     primaries: list[Proc] = field(default_factory=list)
 
     @property
-    def alive(self) -> bool:
-        return any(p.alive for p in self.primaries)
-
-    @property
     def covered(self) -> bool:
         """Some process of this rank has attached a guard at some point."""
         return any(p.beat is not None for p in self.members)

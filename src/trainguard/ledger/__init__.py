@@ -18,7 +18,7 @@ from trainguard.ledger.core import Ledger
 from trainguard.ledger.note import Checkpoint
 from trainguard.ledger.reading import default_path, read_records, show
 from trainguard.ledger.record import Record
-from trainguard.ledger.sink import ledger_sink
+from trainguard.ledger.sink import ledger_sink, open_ledger
 from trainguard.ledger.store import LedgerWriteError, network_fs_type
 from trainguard.ledger.transfer import export_jsonl, import_jsonl
 from trainguard.ledger.verify import LedgerVerification, check, verify
@@ -35,6 +35,7 @@ __all__ = [
     "import_jsonl",
     "ledger_sink",
     "network_fs_type",
+    "open_ledger",
     "read_records",
     "show",
     "verify",

@@ -558,7 +558,6 @@ class CodeCheck(Check):
         self._thread: threading.Thread | None = None
         self.verified = threading.Event()
         self._index = SourceIndex()  # the main thread's, for vouching torch's rewrapping
-        self.last_check_seconds: float | None = None
 
     def attach(self, ctx: GuardContext) -> None:
         started = time.perf_counter()
@@ -629,9 +628,7 @@ class CodeCheck(Check):
         """Compare with the snapshot now; report, then take the changes as the baseline."""
         if self._snapshot is None or ctx.is_authorized:
             return
-        started = time.perf_counter()
         changes = self._snapshot.compare(ctx)
-        self.last_check_seconds = time.perf_counter() - started
         if not changes:
             return
         for change in changes:

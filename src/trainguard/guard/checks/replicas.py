@@ -45,13 +45,14 @@ class ReplicaCheck(Check):
         self._busy: deque[float] = deque(maxlen=32)
         self._t0 = time.perf_counter()
         self._hook: Any = None
-        self._steps_seen = 0
+        self._sink: Any = None  # the guard's busy_times, which its heartbeat reports
         self._grad_hooks: list[Any] = []
         self._sq: list[Any] = []
         self._local: deque[Any] = deque(maxlen=16)
 
     def attach(self, ctx: GuardContext) -> None:
         self._fp = Fingerprinter(ctx.key)
+        self._sink = getattr(ctx, "busy_times", None)
         model = ctx.model
         if model is not None and hasattr(model, "register_forward_hook"):
             self._hook = model.register_forward_hook(self._forward_done)
@@ -67,13 +68,10 @@ class ReplicaCheck(Check):
         if module.training:
             busy = time.perf_counter() - self._t0
             self._busy.append(busy)
-            sink = getattr(self, "_sink", None)
-            if sink is not None:
-                sink.append(busy)
+            if self._sink is not None:
+                self._sink.append(busy)
 
     def after_step(self, ctx: GuardContext) -> None:
-        self._sink = getattr(ctx, "busy_times", None)
-        self._steps_seen += 1
         if self._sq:
             import torch
 
@@ -102,7 +100,8 @@ class ReplicaCheck(Check):
         assert self._fp is not None
         params = [p for _, p in ctx.named_parameters]
         device = params[0].device if params else torch.device("cpu")
-        weights = self._fp.combine([self._fp.digest(p) for p in params], device)
+        digests = [self._fp.digest(p) for p in params]
+        weights = self._fp.combine(digests, device)
         state = self._fp.combine(
             [self._fp.digest(t) for t in _state_tensors(ctx.optimizer)], device
         )
@@ -118,22 +117,22 @@ class ReplicaCheck(Check):
         gathered = [torch.empty_like(mine) for _ in range(ctx.world_size)]
         dist.all_gather(gathered, mine)
         rows = [g.tolist() for g in gathered]
-        self._divergence(ctx, rows, params)
+        self._divergence(ctx, rows, digests, device)
         self._stragglers(ctx, [r[3] / 1e6 for r in rows])
         self._grad_outliers(ctx, [r[4] / 1e9 for r in rows])
         if len({r[2] for r in rows}) > 1:
             ctx.event("replicas.rng_differs", {"rng_digests": [r[2] for r in rows]})
 
-    def _divergence(self, ctx: GuardContext, rows: list[list[int]], params: list[Any]) -> None:
+    def _divergence(
+        self, ctx: GuardContext, rows: list[list[int]], digests: list[Any], device: Any
+    ) -> None:
         keys = [(r[0], r[1]) for r in rows]
         if len(set(keys)) == 1:
             return
         import torch
         import torch.distributed as dist
 
-        assert self._fp is not None
-        device = params[0].device
-        per = torch.stack([self._fp.digest(p) for p in params]).to(device)
+        per = torch.stack(digests).to(device)
         everyone = [torch.empty_like(per) for _ in range(ctx.world_size)]
         dist.all_gather(everyone, per)
         tables = [e.tolist() for e in everyone]

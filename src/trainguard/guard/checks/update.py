@@ -245,10 +245,10 @@ class UpdateCheck(Check):
             self._unverified(ctx, "optimizer class not modelled")
             return
         named = ctx.named_parameters
-        groups = {id(p): g for g in opt.param_groups for p in g["params"]}
         picked = self._choose(ctx, named, closure)
         if not picked:
             return
+        groups = {id(p): g for g in opt.param_groups for p in g["params"]}
         batch = _Batch()
         samples = [
             s
