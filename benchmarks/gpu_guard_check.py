@@ -11,7 +11,8 @@ It trains the ~27M-parameter ``bench25m`` GPT on random tokens with the default 
   momentum + fp16 autocast + ``GradScaler`` (skipped steps included) -> no alert;
 * attacks: a 1-ulp flip through ``.data`` on one weight (``runtime.weight_tamper``), the
   learning rate x1.01 (``runtime.optimizer_tamper``), sign-flipped updates on 1% of the
-  elements by a wrapped ``torch._foreach_add_`` (``runtime.update_mismatch``) -> each at
+  elements by a wrapped ``torch._foreach_addcdiv_`` (the call that applies foreach
+  AdamW's update) (``runtime.update_mismatch``) -> each at
   the step it starts.
 
 It prints one line per case: expected, got, step.

@@ -137,6 +137,7 @@ def test_scheduler_state_stays_picklable(tmp_path: Any) -> None:
     guardkit.train(net, opt, guard, steps=3, scheduler=sched)
     torch.save(sched.state_dict(), tmp_path / "scheduler.pt")
     guard.close()
+    assert torch.load(tmp_path / "scheduler.pt")["last_epoch"] == sched.last_epoch
 
 
 def test_expected_lrs_is_none_for_unknown_schedulers() -> None:

@@ -691,6 +691,7 @@ def test_reference_matches_torch_single_tensor_adamw_in_float64() -> None:
             "param": p.detach().tolist(),
             **{k: state[k].tolist() for k in state if k != "step"},
         }
+        assert {e.quantity for e in expected} >= {"param", "exp_avg", "exp_avg_sq"}
         for e in expected:
             worst = max(abs(a - b) for a, b in zip(e.values, actual[e.quantity], strict=True))
             assert worst < 1e-13, e.quantity
