@@ -187,3 +187,18 @@ def test_gradient_accumulation_micro_steps_are_not_alarms() -> None:
             opt.zero_grad()
         guard.step()
     assert guard.alerts == [] and guard.steps == 4
+
+
+def test_two_parameters_written_in_one_window_are_both_named_with_their_cause() -> None:
+    net = guardkit.model()
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    guard = Guard(net, opt, checks=[WeightsCheck()], ledger=False)
+
+    def both() -> None:
+        with torch.no_grad():
+            _w(net).mul_(1.01)
+            net[2].weight.mul_(1.01)  # type: ignore[index]
+
+    guardkit.train(net, opt, guard, attacks={5: both})
+    causes = {a.finding.location.path: a.finding.evidence["how"] for a in guard.alerts}
+    assert causes == {"param:0.weight": "written in place", "param:2.weight": "written in place"}

@@ -220,7 +220,6 @@ class WeightsCheck(Check):
                 "version": [old[1], now[1]],
             },
         )
-        self._ident = [_identity(p) for _, p in self._params]
 
 
 def _identity(p: Any) -> tuple[int, int]:
