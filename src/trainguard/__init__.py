@@ -66,20 +66,18 @@ __all__ = [
 ]
 
 _LAZY = {
-    "load": "trainguard.loader",
-    "protect": "trainguard.protection",
-    "protected": "trainguard.protection",
-    "unprotect": "trainguard.protection",
-    "convert": "trainguard.conversion",
-    "ConvertResult": "trainguard.conversion",
+    "load": "trainguard.load",
+    "protect": "trainguard.load",
+    "protected": "trainguard.load",
+    "unprotect": "trainguard.load",
+    "convert": "trainguard.load",
+    "ConvertResult": "trainguard.load",
     "Guard": "trainguard.guard.core",
 }
 
 if _typing.TYPE_CHECKING:
-    from trainguard.conversion import ConvertResult, convert
     from trainguard.guard.core import Guard
-    from trainguard.loader import load
-    from trainguard.protection import protect, protected, unprotect
+    from trainguard.load import ConvertResult, convert, load, protect, protected, unprotect
 
 
 def __getattr__(name: str) -> _typing.Any:
@@ -88,7 +86,10 @@ def __getattr__(name: str) -> _typing.Any:
         raise AttributeError(f"module 'trainguard' has no attribute {name!r}")
     import importlib
 
-    value = getattr(importlib.import_module(module), name)
+    package = importlib.import_module(module)
+    # ``trainguard.load`` is the package itself, callable as ``trainguard.load(f)``; naming
+    # the function instead would break ``import trainguard.load.audithook``
+    value = package if name == "load" else getattr(package, name)
     globals()[name] = value
     return value
 

@@ -23,7 +23,9 @@ def _add_scan(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "scan",
         help="scan model files and folders without loading them",
         description="Exit codes: 0 all safe, 1 something suspicious or unsafe, "
-        "2 something could not be scanned (2 wins over 1).",
+        "2 something could not be scanned (2 wins over 1): unreadable, not a regular file "
+        "(FIFO, device, socket), a link to a folder inside a folder (not followed), an empty "
+        "folder. Links given as PATH are followed; inside folders, links to files are.",
     )
     scan.add_argument("paths", nargs="+", metavar="PATH")
     scan.add_argument(
@@ -249,6 +251,9 @@ def _scan(args: argparse.Namespace) -> int:
     if args.max_seconds:
         limits = replace(limits, max_seconds=args.max_seconds)
     report = scan_path(*args.paths, policy=policy, limits=limits, jobs=max(1, args.jobs))
+    if not report.files:
+        sys.stderr.write("trainguard: error: nothing to scan: no file under the paths given\n")
+        return exit_codes.ERROR
     color = args.output is None and sys.stdout.isatty() and "NO_COLOR" not in os.environ
     if args.format == "human":
         from trainguard.output import human
@@ -261,8 +266,14 @@ def _scan(args: argparse.Namespace) -> int:
         text = json_out.render(report, explain=args.explain)
     else:
         text = sarif.render(report)
+    # results are escaped already; this keeps any text a renderer adds writable as UTF-8
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     if args.output:
-        Path(args.output).write_text(text, encoding="utf-8")
+        try:
+            Path(args.output).write_text(text, encoding="utf-8")
+        except OSError as exc:
+            sys.stderr.write(f"trainguard: error: cannot write {args.output}: {exc.strerror}\n")
+            return exit_codes.ERROR
     else:
         sys.stdout.write(text)
     if report.has_error:
@@ -292,7 +303,7 @@ def _policy_add(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from trainguard.conversion import convert
+    from trainguard.load import convert
 
     result = convert(args.src, args.dst, policy=_policy(args), overwrite=args.overwrite)
     sys.stderr.write(f"trainguard: wrote {len(result.files)} file(s) to {result.dst}\n")

@@ -68,6 +68,8 @@ class Rule(enum.StrEnum):
     UNKNOWN_FORMAT = "scan.unknown_format"
     MALFORMED = "scan.malformed"
     CONTAINER_ANOMALY = "scan.container_anomaly"
+    DIFFERENTIAL = "scan.differential"
+    """Two real loaders would read different bytes (or different objects) from one file."""
     PATH_TRAVERSAL = "scan.path_traversal"
     TEMPLATE_INJECTION = "scan.template_injection"
     POLICY_EXPIRED = "scan.policy_expired"

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from trainguard import audithook
 from trainguard.findings import Rule, Severity
 from trainguard.guard.checks.process import ProcessCheck
 from trainguard.guard.core import Guard
+from trainguard.load import audithook
 
 torch = pytest.importorskip("torch")
 

@@ -10,7 +10,7 @@ from trainguard.launch import GUARD_STOPPED
 
 PROBE = """
 import json, os, sys
-import trainguard.protection as p
+import trainguard.load as p
 print(json.dumps({"protected": p.is_protected(), "torch": "torch" in sys.modules,
                   "run_dir": os.environ.get("TRAINGUARD_RUN_DIR"),
                   "key": len(os.environ.get("TRAINGUARD_RUN_KEY", ""))}))

@@ -257,3 +257,89 @@ def test_hf_folder_mixed(tmp_path: Path):
     assert verdicts["pytorch_model.bin"] is Verdict.SAFE
     assert verdicts["config.json"] is Verdict.SAFE
     assert verdicts["optimizer.pt"] is Verdict.SAFE
+
+
+# -- TorchScript -----------------------------------------------------------------------------
+def _scripted() -> bytes:
+    class Small(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(3, 2)
+            self.sizes = [1, 2, 3]
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.lin(x) * 2
+
+    buf = io.BytesIO()
+    torch.jit.save(torch.jit.script(Small()), buf)
+    return buf.getvalue()
+
+
+def test_torchscript_archive_is_safe_and_recognised_like_torch():
+    data = _scripted()
+    reader = torch._C.PyTorchFileReader(io.BytesIO(data))
+    assert torch.serialization._is_torchscript_zip(reader)  # torch.load hands it to jit.load
+    r = scan_bytes(data)
+    assert r.format == "torchscript"
+    assert r.verdict is Verdict.SAFE, r.findings
+    assert any("/code/" in m and m.endswith(".py") for m in r.members)
+
+
+def test_torchscript_code_touching_files_is_flagged(tmp_path: Path):
+    marker = tmp_path / "m"
+    data = _scripted()
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        items = [(i.filename, zf.read(i)) for i in zf.infolist()]
+    code = next(n for n, b in items if n.endswith(".py") and b"return torch.mul(" in b)
+    edited = []
+    for name, body in items:
+        if name == code:
+            old = b"return torch.mul("
+            assert old in body
+            body = body.replace(old, f'torch.save(x, "{marker}")\n    return torch.mul('.encode())
+        edited.append((name, body))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, body in edited:
+            zf.writestr(name, body)
+    out = buf.getvalue()
+    reader = torch._C.PyTorchFileReader(io.BytesIO(out))
+    rel = code.split("/", 1)[1]
+    assert str(marker).encode() in bytes(reader.get_record(rel))  # torch reads the edited code
+    r = scan_bytes(out)
+    assert r.verdict is Verdict.UNSAFE
+    hit = [f for f in r.findings if f.rule is Rule.CODE_EXECUTION]
+    assert hit and all(f.location.member == code for f in hit)
+    assert not marker.exists()
+
+
+def test_torchscript_builders_are_allowed_only_in_torchscript():
+    body = b"\x80\x02ctorch.jit._pickle\nbuild_intlist\n]\x85R."
+    plain = io.BytesIO()
+    with zipfile.ZipFile(plain, "w") as zf:
+        zf.writestr("a/data.pkl", body)
+        zf.writestr("a/version", "3\n")
+    assert scan_bytes(plain.getvalue()).verdict is Verdict.UNSAFE
+    ts = io.BytesIO()
+    with zipfile.ZipFile(ts, "w") as zf:
+        zf.writestr("a/data.pkl", body)
+        zf.writestr("a/constants.pkl", b"\x80\x02).")
+        zf.writestr("a/version", "3\n")
+    r = scan_bytes(ts.getvalue())
+    assert r.format == "torchscript"
+    assert r.verdict is Verdict.SAFE, r.findings
+
+
+def test_hdf5_without_h5py_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    h5py = pytest.importorskip("h5py")
+    from trainguard.scan.containers import hdf5
+
+    path = tmp_path / "m.h5"
+    with h5py.File(path, "w") as f:
+        f.attrs["note"] = "x"
+    monkeypatch.setattr(hdf5, "_h5py_installed", lambda: False)
+    r = scan_file(path)
+    assert r.verdict is Verdict.ERROR
+    err = [f for f in r.findings if f.rule is Rule.ERROR]
+    assert err and "pip install 'trainguard[scan]'" in err[0].message
+    assert "Traceback" not in err[0].message

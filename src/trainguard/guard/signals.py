@@ -57,7 +57,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from trainguard import audithook
+from trainguard.load import audithook
 
 __all__ = ["WATCHED", "Received", "SignalWatcher", "current", "watch_early"]
 

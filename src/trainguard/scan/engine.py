@@ -23,11 +23,12 @@ from trainguard.findings import (
     verdict_of,
 )
 from trainguard.scan import allowlists
+from trainguard.scan.feed import FrameFeed, MemoryFeed, open_feed
+from trainguard.scan.judge import LITERAL_GETATTR, Recorder, StreamResult, judge_stream
 from trainguard.scan.limits import Budget, Limits
-from trainguard.scan.opcodes import PickleMachine, StreamResult
 from trainguard.scan.policy import Policy, Status, canonical
 from trainguard.scan.uses import Use
-from trainguard.scan.window import Skipped, Window
+from trainguard.scan.window import Window
 
 __all__ = ["ARG_USES", "FileScan"]
 
@@ -46,25 +47,12 @@ ARG_USES: dict[str, dict[int, Use]] = {
     # the ctors call their second argument to build the bit generator
     "numpy.random._pickle.__generator_ctor": {0: Use.NEW, 1: Use.CALL},
     "numpy.random._pickle.__randomstate_ctor": {0: Use.NEW, 1: Use.CALL},
+    # cls.from_arrays(**d) / cls.__new__(cls)
+    "pandas.core.indexes.interval._new_IntervalIndex": {0: Use.NEW},
+    "sklearn.metrics._dist_metrics.newObj": {0: Use.NEW},
+    "sklearn.neighbors._kd_tree.newObj": {0: Use.NEW},
+    "sklearn.neighbors._ball_tree.newObj": {0: Use.NEW},
 }
-
-
-PICKLE_IN_MEMORY = 4 << 20
-"""Pickle streams up to this size are read once into memory rather than in small reads."""
-
-
-class _Memory(io.BytesIO):
-    """A small stream read once into memory (C-speed reads), with the same line cap."""
-
-    def __init__(self, data: bytes, max_line: int) -> None:
-        super().__init__(data)
-        self.max_line = max_line
-
-    def readline(self, size: int | None = -1, /) -> bytes:
-        line = super().readline(self.max_line + 1)
-        if len(line) > self.max_line:
-            raise LimitExceeded(f"text line longer than {self.max_line} bytes", offset=self.tell())
-        return line
 
 
 class FileScan:
@@ -86,6 +74,8 @@ class FileScan:
         self.kind: str | None = None
         """A more precise top-level format name set by the reader (``joblib``, ...)."""
         self._sha256: str | None = None
+        self._judged: dict[tuple[str | None, str], Use] = {}
+        self._emitted: set[tuple[Rule, str, str | None]] = set()
         self._base = base
 
     # -- reporting ---------------------------------------------------------------------
@@ -156,47 +146,76 @@ class FileScan:
         return self.scan_window(self.window(io.BytesIO(data)), member, depth)
 
     # -- pickles -----------------------------------------------------------------------
-    def scan_pickle(self, win: Window, member: str | None, depth: int) -> StreamResult:
-        """One pickle stream from the window's position; findings are reported even when
-        the stream breaks half-way (the real loader has run everything before the break)."""
-        stream: Window | _Memory = win
-        if len(win) <= PICKLE_IN_MEMORY:
-            stream = _Memory(win.peek_at(0, len(win)), self.limits.max_line)
-            stream.seek(win.tell())
-        else:
-            win.skip_over = self.limits.inline_bytes
+    def scan_pickle(
+        self,
+        win: Window,
+        member: str | None,
+        depth: int,
+        view: str = "pickle",
+        *,
+        strict: bool = True,
+    ) -> StreamResult:
+        """One pickle stream from the window's position, as the loader of ``view`` reads it.
 
-        def emit(rule: Rule, sev: Severity, msg: str, off: int, ev: dict[str, Any]) -> None:
+        Every global the unpickler resolved is judged even when the stream breaks half-way
+        (the real loader has run everything before the break); with ``strict`` the break is
+        then raised as a ``ScanError`` for the container to record.
+        """
+        feed = open_feed(win, self.budget)
+
+        def emit(rule: Rule, sev: Severity, msg: str, off: int | None, ev: dict[str, Any]) -> None:
+            seen = (rule, msg, member)
+            if view == "joblib" and seen in self._emitted:
+                return  # the pickle view of the same bytes reported it already
+            self._emitted.add(seen)
             self.add(rule, sev, msg, member, off, ev)
 
-        def nested(data: bytes | Skipped, off: int, via: str) -> None:
+        def nested(data: bytes, off: int | None, via: str) -> None:
             label = f"{member or ''}@{off}<{via}>".lstrip("@")
-            if isinstance(data, Skipped):
-                if data.length > self.limits.max_member_bytes:
-                    self.fail(LimitExceeded("embedded payload too large"), label)
-                    return
-                self.scan_window(win.sub(data.offset, data.length), label, depth + 1)
-            else:
-                self.scan_bytes(bytes(data), label, depth + 1)
+            self.scan_bytes(data, label, depth + 1)
 
-        machine = PickleMachine(
-            stream,
-            self.budget,
+        rec = Recorder(
             emit=emit,
             nested=nested,
             arg_uses=ARG_USES,
             loaders=allowlists.LOADER_FUNCTIONS,
+            where=feed.tell,
+            check_time=self.budget.check_time,
         )
         try:
-            return machine.run()
+            if view == "joblib":
+                from trainguard.scan.judge_joblib import judge_joblib
+
+                res = judge_joblib(feed, rec)
+            else:
+                res = judge_stream(feed, rec, view)
         finally:
-            if stream is not win:
-                win.seek(stream.tell())
-            self._judge_globals(machine.result, member)
+            if isinstance(feed, MemoryFeed) or (
+                isinstance(feed, FrameFeed) and feed.src is not win
+            ):
+                win.seek(feed.tell())
+        self._judge_globals(res, member)
+        if strict:
+            self.settle(res, member)
+        return res
+
+    def settle(self, res: StreamResult, member: str | None) -> None:
+        """The stream's break counts: report what it means and raise it."""
+        if res.error is None:
+            return
+        for rule, sev, msg, ev in res.diverged:
+            self.add(rule, sev, msg, member, res.error.offset, ev)
+        raise res.error
 
     def _judge_globals(self, res: StreamResult, member: str | None) -> None:
         digest = self.file_sha256()
         for g in res.globals.values():
+            if g.key == "builtins.getattr" and g.uses == Use.REF and LITERAL_GETATTR in g.how:
+                continue  # only ever getattr(<global>, "name"): judged as that global
+            seen = self._judged.get((member, g.key))
+            if seen is not None and g.uses.worst <= seen:
+                continue  # the same global, used no worse, in another view of these bytes
+            self._judged[(member, g.key)] = g.uses.worst
             j = self.policy.judge(g.module, g.name, g.uses, digest)
             worst = g.uses.worst
             name = ".".join(canonical(g.module, g.name))
@@ -219,10 +238,9 @@ class FileScan:
                 "global": name,
                 "as_written": g.raw,
                 "use": worst.label,
-                "opcodes": sorted(g.opcodes),
+                "how": sorted(g.how),
                 "offsets": g.offsets,
                 "count": g.count,
-                "protocol": res.protocol,
                 "reason": j.reason,
             }
             if g.example_args:

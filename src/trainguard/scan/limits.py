@@ -19,14 +19,8 @@ GiB = 1 << 30
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    max_pickle_ops: int = 20_000_000
-    """Opcodes in one pickle stream (about 30 s of pure-Python analysis)."""
-    max_memo: int = 2_000_000
-    max_stack: int = 2_000_000
     max_line: int = 1 * MiB
     """Longest protocol-0 text argument (a line) the pickle reader accepts."""
-    inline_bytes: int = 1 * MiB
-    """Byte arguments longer than this are skipped by seeking, never read into memory."""
     max_member_bytes: int = 2 * GiB
     """Largest single decompressed member read for analysis."""
     max_decompressed: int = 8 * GiB
@@ -41,6 +35,9 @@ class Limits:
     """JSON/metadata headers (safetensors, GGUF, Keras config)."""
     max_seconds: float = 300.0
     """Wall-clock budget for one top-level file."""
+    max_memory: int = 8 * GiB
+    """Memory the unpickler may add while judging one stream (``RLIMIT_DATA`` on Linux):
+    the judge builds the object graph, as ``pickle.load`` does, with inert stand-ins."""
 
 
 class Budget:

@@ -11,6 +11,23 @@ in a ``pyproject.toml`` or a standalone TOML file::
     sha256 = "..."                     # optional; only for the file with this digest
 
 Known-dangerous globals can never be allowed: no entry overrides them.
+
+What a judgement trusts, and nothing else: the tables of ``allowlists`` (exact entries with
+their uses, the dangerous rules, and the generated class table that wildcards consult) and
+the user's entries. The policy never imports a module to find out what a name is: importing
+a module a file names runs that module's code, which is what scanning is meant to avoid.
+
+A wildcard ``package.*`` matches a name in a module under the package (never an attribute
+path such as ``F.relu``), and then:
+
+- under a package trainguard ships a class table for (torch.nn, torch.optim, pandas,
+  sklearn, scipy.sparse, ...), only a class that the package itself defines, whether the
+  wildcard is built in or the user's, so ``pandas.*`` does not reach ``io.TextIOWrapper``
+  through ``pandas.io.common`` nor ``multiprocessing.connection.Client`` through
+  ``sklearn.callback._transport``, nor the module ``torch.nn.modules.linear.F``;
+- elsewhere (the user's own ``mylab.*``), any class-shaped name (``Net``, ``_Block``): the
+  user vouches for the package, re-exports included, and the dangerous rules still apply (a
+  re-exported ``Popen`` or ``GzipFile`` is dangerous under any module).
 """
 
 from __future__ import annotations
@@ -50,10 +67,15 @@ class AllowEntry:
     sha256: str | None = None
 
     def matches(self, module: str, name: str) -> bool:
+        """Exact names match themselves; a wildcard matches a class the package defines (see
+        the module docstring: by the class table where trainguard ships one)."""
         if self.pattern.endswith(".*"):
             prefix = self.pattern[:-2]
             in_pkg = module == prefix or module.startswith(prefix + ".")
-            return in_pkg and bool(_CLASS_NAME.match(name))
+            if not in_pkg:
+                return False
+            defined = al.defines(module, name)
+            return bool(_CLASS_NAME.match(name)) if defined is None else defined
         return self.pattern == f"{module}.{name}"
 
     def to_json(self) -> dict[str, Any]:
@@ -91,12 +113,14 @@ def danger(module: str, name: str) -> str | None:
     full = f"{module}.{name}"
     if full in al.DANGEROUS_EXACT:
         return f"{full} executes code or touches files/processes"
-    for m in al.DANGEROUS_MODULES:
-        if module == m or module.startswith(m + "."):
-            return f"module {m} gives code execution, file, process or network access"
     for part in name.split("."):
         if part in al.DANGEROUS_ATTRS:
             return f"attribute {part!r} reaches code execution or the system"
+    if full in al.HARMLESS_MEMBERS:
+        return None
+    for m in al.DANGEROUS_MODULES:
+        if module == m or module.startswith(m + "."):
+            return f"module {m} gives code execution, file, process or network access"
     for part in module.split(".")[1:]:
         if part in ("os", "subprocess", "sys", "builtins", "pickle", "marshal", "ctypes"):
             return f"module path passes through {part!r}"

@@ -9,6 +9,7 @@ from typing import IO, Any, Protocol
 
 from trainguard.errors import LimitExceeded, ScanError
 from trainguard.scan.limits import Budget
+from trainguard.scan.optional import missing_extra_error
 
 __all__ = ["Decompressor", "decompress_to_spool", "new_decompressor"]
 
@@ -98,7 +99,7 @@ def new_decompressor(kind: str) -> Decompressor:
         try:
             import lz4.frame
         except ImportError:
-            raise ScanError("lz4-compressed data, and the lz4 package is not installed") from None
+            raise missing_extra_error("lz4", "lz4-compressed data") from None
         return lz4.frame.LZ4FrameDecompressor()  # type: ignore[no-any-return]
     raise ScanError(f"unsupported compression {kind}")
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
-from trainguard.errors import ScanError
 from trainguard.findings import Rule, Severity
+from trainguard.scan.optional import missing_extra
 
 if TYPE_CHECKING:
     from trainguard.scan.engine import FileScan
@@ -27,13 +27,20 @@ _ESCAPE_NAMES = frozenset({
     "func_globals", "func_code", "gi_frame", "gi_code", "f_back", "f_globals", "f_locals",
     "f_builtins", "f_code", "tb_frame", "tb_next", "cr_frame", "cr_code", "ag_frame",
     "ag_code", "co_code", "mro", "os", "sys", "subprocess", "builtins", "popen", "system",
-    "eval", "exec", "import_module", "spawn", "check_output", "format_map",
+    "eval", "exec", "import_module", "spawn", "check_output", "format_map", "_module",
 })  # fmt: skip
 # Template globals whose internals lead to module globals (``cycler.__init__.__globals__``).
 _GLOBALS = frozenset({
     "cycler", "joiner", "namespace", "lipsum", "range", "dict", "raise_exception", "strftime_now",
 })  # fmt: skip
+# Web-framework globals (Flask's ``request``, ``config``...): absent from every chat-template
+# renderer, so only a server-side template injection payload copied from the web reaches for them.
+_WEB_GLOBALS = frozenset({
+    "request", "config", "url_for", "get_flashed_messages", "current_app", "session",
+})  # fmt: skip
 _STR_FILTERS = frozenset({"reverse", "join", "replace", "lower", "upper", "string", "trim"})
+# Filters that build text at render time (``'%c%c'|format(95, 95)`` spells ``__``).
+_BUILD_FILTERS = _STR_FILTERS | {"format", "first", "last", "batch", "slice", "list"}
 _STR_METHODS = frozenset({"join", "replace", "format", "lower", "upper", "strip"})
 # Names that no honest chat template uses as a name or in a format field.
 _BAD_TEXT = re.compile(
@@ -68,8 +75,7 @@ def check_template(ctx: FileScan, body: str, member: str | None, offset: int) ->
         hits = [m.group() for m in _BAD_TEXT.finditer(body)]
         found = [(Severity.CRITICAL, "names an escape route", 1, h) for h in hits]
         if not found:
-            msg = "jinja2 is not installed: chat template not judged (pip install jinja2)"
-            ctx.fail(ScanError(msg, member=member, offset=offset), member)
+            missing_extra(ctx, "jinja2", member, "chat template")
     if found is None:
         msg = "chat template cannot be parsed (or is too large), so it was not judged"
         ev = {"length": len(body), "head": body[:200]}
@@ -125,9 +131,8 @@ class _Judge:
         self.problems: list[Problem] = []
         self.sets: dict[str, list[Any]] = {}
         self.names_computed: dict[str, bool] = {}
-        for a in tree.find_all(nodes.Assign):
-            if isinstance(a.target, nodes.Name):
-                self.sets.setdefault(a.target.name, []).append(a.node)
+        self.bound = {x.name for x in tree.find_all(nodes.Name) if x.ctx != "load"}
+        self._bindings(tree)
         stack, seen = [tree], 0
         while stack and seen < MAX_NODES:
             node = stack.pop()
@@ -136,6 +141,31 @@ class _Judge:
             stack.extend(reversed(list(node.iter_child_nodes())))
         if stack:
             self.flag(Severity.MEDIUM, f"has over {MAX_NODES} nodes: not judged", tree, "")
+
+    def _bindings(self, tree: Any) -> None:
+        """Values that names are given: ``{% set %}`` (also as a block), ``{% with %}`` and
+        ``{% for %}`` over a literal list; a name set by a block that renders anything but
+        plain text counts as computed."""
+        n = self.n
+        for a in tree.find_all(n.Assign):
+            if isinstance(a.target, n.Name):
+                self.sets.setdefault(a.target.name, []).append(a.node)
+        for w in tree.find_all(n.With):
+            for target, value in zip(w.targets, w.values, strict=False):
+                if isinstance(target, n.Name):
+                    self.sets.setdefault(target.name, []).append(value)
+        for f in tree.find_all(n.For):
+            if isinstance(f.target, n.Name) and isinstance(f.iter, n.List | n.Tuple):
+                self.sets.setdefault(f.target.name, []).extend(f.iter.items)
+        for b in tree.find_all(n.AssignBlock):
+            if not isinstance(b.target, n.Name):
+                continue
+            parts = [x for out in b.body if isinstance(out, n.Output) for x in out.nodes]
+            plain = b.filter is None and len(parts) == len(b.body) == 1
+            if plain and isinstance(parts[0], n.TemplateData):
+                self.sets.setdefault(b.target.name, []).append(n.Const(parts[0].data))
+            else:
+                self.names_computed[b.target.name] = True
 
     def flag(self, sev: Severity, why: str, node: Any, token: str) -> None:
         if len(self.problems) < 50 and all(p[3] != token or not token for p in self.problems):
@@ -154,6 +184,8 @@ class _Judge:
         if isinstance(node, n.Concat | n.Add):
             items = node.nodes if isinstance(node, n.Concat) else [node.left, node.right]
             return self._join("", items, depth)
+        if isinstance(node, n.Getitem) and isinstance(node.arg, n.Slice):
+            return self._slice(node, depth)
         if not (isinstance(node, n.Filter) and node.node is not None):
             return None
         if node.name == "join" and isinstance(node.node, n.List | n.Tuple):
@@ -169,6 +201,16 @@ class _Judge:
             return base.replace(old, new)[:4096]
         simple = {"reverse": base[::-1], "lower": base.lower(), "upper": base.upper()}
         return simple.get(node.name, base.strip() if node.name == "trim" else base)
+
+    def _slice(self, node: Any, depth: int) -> str | None:
+        base = self.fold(node.node, depth + 1)
+        bounds = [node.arg.start, node.arg.stop, node.arg.step]
+        if base is None or not all(b is None or isinstance(b, self.n.Const) for b in bounds):
+            return None
+        values = [None if b is None else b.value for b in bounds]
+        if not all(v is None or isinstance(v, int) for v in values) or values[2] == 0:
+            return None
+        return base[slice(*values)]
 
     def _join(self, sep: str, items: list[Any], depth: int) -> str | None:
         parts = [self.fold(x, depth + 1) for x in items]
@@ -190,8 +232,10 @@ class _Judge:
             return self.names_computed[node.name]
         if isinstance(node, n.Call) and isinstance(node.node, n.Getattr):
             return node.node.attr in _STR_METHODS
+        if isinstance(node, n.Getitem) and isinstance(node.arg, n.Slice):
+            return self.fold(node.node) is not None or self.computed(node.node)
         return isinstance(node, n.Concat) or (
-            isinstance(node, n.Filter) and node.name in _STR_FILTERS
+            isinstance(node, n.Filter) and node.name in _BUILD_FILTERS
         )
 
     def name_arg(self, node: Any, arg: Any, via: str, strict: bool) -> None:
@@ -223,7 +267,11 @@ class _Judge:
             elif owner in _GLOBALS or (owner == "self" and node.attr.startswith("_")):
                 why = f"reads {owner}.{node.attr}, a template global's internals"
                 self.flag(Severity.CRITICAL, why, node, node.attr)
+            else:
+                self.web_global(node, owner, node.attr)
         elif isinstance(node, n.Getitem):
+            owner = node.node.name if isinstance(node.node, n.Name) else None
+            self.web_global(node, owner, self.fold(node.arg) or "[...]")
             self.name_arg(node, node.arg, "a subscript", strict=False)
         elif isinstance(node, n.Filter | n.Test):
             self.attribute_args(node)
@@ -242,6 +290,9 @@ class _Judge:
         ):
             why = "formats text not written in the template (str.format reads attributes)"
             self.flag(Severity.HIGH, why, node, "format")
+        if self.char_codes(node):
+            why = "builds text from character codes ('%c'), as payloads hide names"
+            self.flag(Severity.HIGH, why, node, "%c")
         if isinstance(node, n.Const | n.Concat | n.Add | n.Filter):
             # a string that is such a name, or a format string (``'{0.__class__}'``) naming
             # one; prose that merely mentions ``__init__`` is left alone
@@ -249,3 +300,20 @@ class _Judge:
             hit = _BAD_TEXT.search(value)
             if hit and (hit.group() == value.strip() or "{" in value):
                 self.flag(Severity.CRITICAL, f"spells {hit.group()!r}", node, hit.group())
+
+    def web_global(self, node: Any, owner: str | None, what: str) -> None:
+        if owner in _WEB_GLOBALS and owner not in self.bound:
+            why = f"reads {owner}.{what[:40]}: a web framework's global, absent from chat renderers"
+            self.flag(Severity.HIGH, why, node, owner)
+
+    def char_codes(self, node: Any) -> bool:
+        """``'%c' % 95`` or ``'%c'|format(95)``: characters from numbers, never needed to
+        lay out a chat."""
+        n = self.n
+        if isinstance(node, n.Mod):
+            fmt = self.fold(node.left)
+        elif isinstance(node, n.Filter) and node.name == "format" and node.node is not None:
+            fmt = self.fold(node.node)
+        else:
+            return False
+        return fmt is not None and re.search(r"%[-#0 +]*\d*(?:\.\d+)?c", fmt) is not None

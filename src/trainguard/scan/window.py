@@ -3,7 +3,7 @@
 Every container hands its parts to the next reader as a ``Window``: a zip member that is
 stored uncompressed is a window on the original file (nothing is copied), a decompressed
 member is a window on a spooled temporary file. Reads never go past the window, text lines
-are capped, and long byte strings inside a pickle can be skipped instead of read.
+are capped.
 """
 
 from __future__ import annotations
@@ -13,39 +13,11 @@ from typing import BinaryIO
 
 from trainguard.errors import LimitExceeded
 
-__all__ = ["Skipped", "Window"]
-
-
-class Skipped(bytes):
-    """Stands for a long byte string that was seeked over, not read.
-
-    It is an empty ``bytes`` whose ``len()`` is the length skipped, so ``pickletools``
-    readers accept it; ``offset`` is where the bytes start in the window.
-    """
-
-    offset: int
-    length: int
-
-    def __new__(cls, offset: int, length: int) -> Skipped:
-        obj = super().__new__(cls, b"")
-        obj.offset = offset
-        obj.length = length
-        return obj
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __repr__(self) -> str:
-        return f"<{self.length} bytes at {self.offset}>"
+__all__ = ["Window"]
 
 
 class Window(io.RawIOBase):
-    """``[start, start + length)`` of ``base``, with capped reads.
-
-    ``skip_over``: when set, ``read(n)`` for ``n`` above it seeks past the bytes and
-    returns a ``Skipped`` placeholder (if that many bytes remain), so hostile or merely
-    large byte strings never enter memory.
-    """
+    """``[start, start + length)`` of ``base``, with capped reads."""
 
     def __init__(
         self,
@@ -54,7 +26,6 @@ class Window(io.RawIOBase):
         length: int | None = None,
         *,
         max_line: int = 1 << 20,
-        skip_over: int | None = None,
         _counter: list[int] | None = None,
     ) -> None:
         super().__init__()
@@ -67,7 +38,6 @@ class Window(io.RawIOBase):
         self._length = max(length, 0)
         self._pos = 0
         self.max_line = max_line
-        self.skip_over = skip_over
 
     @property
     def bytes_read(self) -> int:
@@ -106,10 +76,6 @@ class Window(io.RawIOBase):
     def read(self, size: int | None = -1) -> bytes:
         if size is None or size < 0:
             size = self.remaining
-        if self.skip_over is not None and size > self.skip_over and size <= self.remaining:
-            skipped = Skipped(self._pos, size)
-            self._pos += size
-            return skipped
         size = min(size, self.remaining)
         if size <= 0:
             return b""
@@ -170,6 +136,5 @@ class Window(io.RawIOBase):
             self._start + offset,
             length,
             max_line=self.max_line,
-            skip_over=self.skip_over,
             _counter=self._counter,
         )

@@ -2,14 +2,14 @@
 
 Two watches, both process-wide and running while the guard is attached:
 
-* a PEP 578 audit recording (``trainguard.audithook.record``): a program started, a
+* a PEP 578 audit recording (``trainguard.load.audithook.record``): a program started, a
   process signalled, a network connection, a native library loaded, from any thread,
   becomes ``runtime.suspicious_call`` (HIGH) with the call site, the arguments, a short
   stack and the thread. Repeats from the same call site are counted, not re-recorded
   (``where`` names the event and the site). Nothing is blocked: a training job's own
   legitimate calls belong in ``allow`` (event names, module prefixes, ``EVENT@MODULE``);
   trainguard's own calls, DataLoader workers' plumbing and ``torch.compile``'s compilers
-  are never reported (see ``trainguard.audithook``).
+  are never reported (see ``trainguard.load._auditrecord``).
 * a signal watcher (``trainguard.guard.signals``): SIGTERM, SIGINT, SIGHUP, SIGUSR1,
   SIGUSR2 become ``process.signal`` with the sender's pid, uid and command line (HIGH;
   MEDIUM for a SIGINT from this process or a terminal), flushed to the ledger before the
@@ -24,10 +24,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import ClassVar
 
-from trainguard import audithook
 from trainguard.findings import Rule, Severity
 from trainguard.guard import signals as _signals
 from trainguard.guard.checks.base import Check, GuardContext, StepInfo
+from trainguard.load import audithook
 
 __all__ = ["ProcessCheck"]
 

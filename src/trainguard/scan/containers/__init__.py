@@ -5,6 +5,11 @@ A format module has ``FORMATS`` (names it handles), ``sniff(head, win) -> str | 
 ``_MODULES``: the order mirrors the real loaders (``torch.load`` tests the zip magic first,
 then tar, then reads a pickle; ``numpy.load`` tests zip, then the ``.npy`` magic).
 Adding a format is adding a module here.
+
+One format per file is not enough: other loaders choose by other rules (``pickle.load`` reads
+from byte 0 whatever the file is, ``zipfile`` finds a zip from the end, libhdf5 probes at 512,
+1024, ...). So every handler is followed by ``polyglot.extra_views``, which judges those other
+views and reports ``scan.differential`` when they exist.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from trainguard.scan.containers import (
     hdf5,
     numpy,
     onnx,
+    polyglot,
     raw_pickle,
     safetensors,
     sevenzip,
@@ -66,7 +72,16 @@ def detect(win: Window) -> str:
 
 
 def handler(fmt: str) -> Handler:
-    return _HANDLERS.get(fmt, _unknown)
+    """The reader for ``fmt``, followed by every other view a real loader takes of the bytes."""
+    first = _HANDLERS.get(fmt, _unknown)
+
+    def run(ctx: FileScan, win: Window, member: str | None, depth: int, top: bool) -> None:
+        try:
+            first(ctx, win, member, depth, top)
+        finally:  # the first reader's error is still raised to the engine, after the others
+            polyglot.extra_views(ctx, win, member, depth, fmt)
+
+    return run
 
 
 def _unknown(ctx: FileScan, win: Window, member: str | None, depth: int, top: bool) -> None:

@@ -8,7 +8,12 @@ input: one flipped byte in a global heap sends it into an endless loop that hold
 a memory cap, and only when the bytes could hold such an attribute at all.
 
 HDF5 finds its superblock at 0, 512, 1024, ... so a file may start with a "user block" of
-other bytes: a pickle there is what ``torch.load`` would read, so it is scanned as well.
+other bytes: a pickle there is what ``pickle.load``/``joblib.load``/``torch.load`` would read
+from byte 0, so ``polyglot.py`` judges it as well (``scan.differential``). Without h5py the
+config cannot be read: the error finding names the extra to install, never a traceback.
+
+Trusted about the bytes: the superblock signature positions libhdf5 probes and its
+end-of-file address; everything else is read by libhdf5 itself, in a child process.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ SIGNATURE = b"\x89HDF\r\n\x1a\n"
 CONFIG_ATTRS = ("model_config", "training_config")
 H5PY_TIMEOUT = 60.0
 """Seconds the isolated h5py reader may run (also bounded by the file's time budget)."""
+INSTALL_HINT = "pip install 'trainguard[scan]'"
+"""The extra that brings h5py (named in the error finding when it is missing)."""
 SEARCH_MAX = 64 << 20
 """Top-level files above this go to h5py directly: reading them whole costs more."""
 _CHUNK = 1 << 20
@@ -84,6 +91,11 @@ def sniff(head: bytes, win: Window) -> str | None:
     return "hdf5" if _superblock(head, win) is not None else None
 
 
+def superblock_at(win: Window) -> int | None:
+    """Where libhdf5 finds a superblock in ``win`` (``None``: it is not HDF5)."""
+    return _superblock(win.peek_at(0, 4096), win)
+
+
 def _h5py_installed() -> bool:
     return importlib.util.find_spec("h5py") is not None
 
@@ -92,6 +104,16 @@ def scan(ctx: FileScan, win: Window, member: str | None, depth: int, top: bool) 
     off = _superblock(win.peek_at(0, 4096), win) or 0
     if off and win.peek_at(0, off).strip(b"\x00"):
         _user_block(ctx, win, off, member, depth)
+    _judge(ctx, win, off, member, top)
+
+
+def scan_at(ctx: FileScan, win: Window, off: int, member: str | None, depth: int) -> None:
+    """The HDF5 view of a file whose first reader saw another format (``polyglot.py``)."""
+    ctx.members.append(member or "")
+    _judge(ctx, win, off, member, False)
+
+
+def _judge(ctx: FileScan, win: Window, off: int, member: str | None, top: bool) -> None:
     _check_superblock(win, off, member)
     if not _h5py_installed():
         _byte_search(ctx, win, member)
@@ -105,19 +127,18 @@ def scan(ctx: FileScan, win: Window, member: str | None, depth: int, top: bool) 
 
 
 def _user_block(ctx: FileScan, win: Window, off: int, member: str | None, depth: int) -> None:
+    """Bytes before the superblock: other loaders read them from byte 0.
+
+    A pickle there is judged by ``polyglot.py`` (it reads on past the block, as
+    ``pickle.load`` does); any other content is judged as a file of its own.
+    """
     from trainguard.scan.containers import raw_pickle
 
     label = f"{member}!<userblock>" if member else "<userblock>"
     msg = f"{off}-byte user block before the HDF5 data: other loaders read these bytes"
     ctx.add(Rule.CONTAINER_ANOMALY, Severity.LOW, msg, member, 0, {"user_block": off})
-    if not raw_pickle.sniff(win.peek_at(0, 4096), win):
+    if not raw_pickle.is_pickle(win.sub(0, len(win))):
         ctx.scan_window(win.sub(0, off), label, depth + 1)
-        return
-    ctx.members.append(label)  # pickle.load reads on past the block: give it the whole file
-    try:
-        raw_pickle.scan(ctx, win.sub(0, len(win)), label, depth + 1, False)
-    except ScanError as exc:
-        ctx.fail(exc, label)
 
 
 def _check_superblock(win: Window, off: int, member: str | None) -> None:
@@ -190,6 +211,8 @@ def _run_child(ctx: FileScan, path: Path, member: str | None) -> dict[str, objec
         raise LimitExceeded(msg, member=member) from None
     if proc.returncode:
         lines = proc.stderr.decode("utf-8", "replace").strip().splitlines() or ["killed"]
+        if "No module named 'h5py'" in lines[-1]:  # the isolated child may see fewer packages
+            raise ScanError(f"h5py cannot be imported to read this HDF5 file: {INSTALL_HINT}")
         raise ScanError(f"unreadable HDF5: {lines[-1][:300]}", member=member)
     try:
         got = json.loads(proc.stdout)
@@ -226,5 +249,8 @@ def _byte_search(ctx: FileScan, win: Window, member: str | None) -> None:
             ctx.add(Rule.CODE_EXECUTION, Severity.CRITICAL, msg, member, pos + hit.start(), ev)
             return
         pos += _CHUNK
-    hint = "h5py is not installed: install h5py to judge HDF5 files (Keras .h5 models)"
+    hint = (
+        "h5py is not installed, so this HDF5 file (Keras .h5 model) could not be judged: "
+        f"{INSTALL_HINT}"
+    )
     ctx.fail(ScanError(hint, member=member), member)

@@ -1,18 +1,35 @@
 """Raw pickle files: one or several pickles back to back, legacy torch, joblib, DCP metadata.
 
-``pickle.load`` reads one stream and ignores what follows its STOP, but loaders that call it
-repeatedly (legacy ``torch.load`` reads five) see the next ones, so every stream that parses
-is scanned. Bytes that are not a pickle after the last STOP are noted, not judged.
+Each stream is judged as the loaders that read it would read it (``scan/judge.py``):
+
+* ``pickle.load``/``numpy.load``/``torch.load``'s magic-number check read the first
+  stream with the C unpickler (``pickle`` view); ``pickle.load`` ignores what follows STOP,
+  but code that calls it again reads the next stream, so every stream that parses is judged;
+* a legacy (pre-1.6) torch file, whose first stream is torch's magic number, has four more
+  that ``torch.load`` reads: the fourth with torch's legacy ``persistent_load``; an error in
+  any of them is an error of the file, never a note;
+* ``joblib.load`` (and ``pickle._load``) read the same bytes with Python's unpickler, and
+  joblib skips array data after each array wrapper (``joblib`` view). It runs when the
+  ``pickle`` view met an array wrapper, when the C unpickler stopped on an error (where the
+  two unpicklers part: a last line without its newline, a frame shorter than declared), and
+  on every small stream. Where ``pickle.load`` stops at array data that joblib skips, that
+  is a note.
+
+Whether bytes are a pickle at all is decided by CPython too (``is_pickle``): the judge runs
+over the head and the answer is yes when it reached STOP, resolved a global whose module
+name ``import`` could find, or ran out of head bytes while parsing.
 """
 
 from __future__ import annotations
 
-import pickletools
-from typing import TYPE_CHECKING
+import io
+from typing import TYPE_CHECKING, Any
 
-from trainguard.errors import LimitExceeded, ScanError
+from trainguard.errors import LimitExceeded
 from trainguard.findings import Rule, Severity
-from trainguard.scan.opcodes import Lit, StreamResult, looks_like_pickle_start
+from trainguard.scan.feed import IN_MEMORY, FrameFeed, MemoryFeed
+from trainguard.scan.judge import Recorder, StreamResult, judge_stream
+from trainguard.scan.limits import Budget, Limits
 
 if TYPE_CHECKING:
     from trainguard.scan.engine import FileScan
@@ -22,49 +39,112 @@ FORMATS = ("pickle",)
 
 TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 MAX_STREAMS = 10_000
+LEGACY_VIEWS = ("pickle", "pickle", "torch-legacy", "pickle")
+"""Views of streams 2-5 of a legacy torch file (protocol, sys_info, object, storage keys)."""
+SNIFF = 64 << 10
+JOBLIB_WRAPPERS = (
+    "joblib.numpy_pickle.NumpyArrayWrapper",
+    "joblib.numpy_pickle_compat.NDArrayWrapper",
+)
 
 
 def sniff(head: bytes, win: Window) -> str | None:
     if head[0] == 0x80 and len(head) > 1 and head[1] <= 5:
         return "pickle"
-    if looks_like_pickle_start(head[0]) and parses_a_while(win.sub(0, len(win))):
+    if is_pickle(win.sub(0, len(win))):
         return "pickle"
     return None
 
 
-def parses_a_while(win: Window, ops: int = 4) -> bool:
-    """True when the first opcodes decode (protocol 0/1 pickles have no magic number).
-
-    A line too long for the reader still counts: ``pickle.load`` would read it.
-    """
-    n = 0
-    try:
-        for op, _arg, _pos in pickletools.genops(win):  # type: ignore[arg-type]
-            n += 1
-            if op.name == "STOP" or n >= ops:
-                return True
-    except LimitExceeded:
-        return True
-    except Exception:  # noqa: BLE001 - any decode failure means "not a pickle here"
+def is_pickle(win: Window) -> bool:
+    """True when CPython's unpickler makes sense of the bytes at ``win``'s position."""
+    start = win.tell()
+    if not win.remaining:
         return False
-    return False
+    head = win.peek_at(start, SNIFF)
+    found: list[Any] = []
+
+    def note(*args: Any) -> None:
+        found.append(args)
+
+    rec = Recorder(
+        emit=note,
+        nested=lambda *_: None,
+        arg_uses={},
+        loaders=frozenset(),
+        where=lambda: None,
+        check_time=lambda: None,
+    )
+    budget = Budget(Limits(max_seconds=10.0))
+    feed: MemoryFeed | FrameFeed = MemoryFeed(head, 0, budget)
+    if b"\x95" in head:
+        feed = FrameFeed(io.BytesIO(head), budget)
+    res = judge_stream(feed, rec, "pickle")
+    if isinstance(feed, FrameFeed) and feed.straddles:
+        return True  # readers disagree from here on: judged as a pickle, and reported
+    if res.error is None or any(_importable(g.written_module) for g in res.globals.values()):
+        return True
+    text = res.error.message
+    if len(head) == SNIFF and ("truncated" in text or "EOFError" in text):
+        return True
+    # Python's own unpickler (joblib.load, pickle._load) reads a last line without its
+    # newline and a frame shorter than declared, where the C one stops
+    from trainguard.scan.judge_joblib import judge_joblib
+
+    py = judge_joblib(MemoryFeed(head, 0, budget), rec)
+    return py.error is None or any(_importable(g.written_module) for g in py.globals.values())
 
 
-def scan(ctx: FileScan, win: Window, member: str | None, depth: int, top: bool) -> None:
-    first = ctx.scan_pickle(win, member, depth)
-    wanted: int | None = None
-    if isinstance(first.value, Lit) and first.value.value == TORCH_LEGACY_MAGIC:
-        wanted = 5  # magic, protocol, sys_info, the object, storage keys; raw storages follow
+def _importable(module: str) -> bool:
+    """Could ``import`` ever find this name (text lines read as ``GLOBAL`` mostly can't)?"""
+    return all(part.isidentifier() for part in module.split("."))
+
+
+def scan(
+    ctx: FileScan, win: Window, member: str | None, depth: int, top: bool, *, view: str = "pickle"
+) -> None:
+    """Judge the streams at ``win``; ``view`` is the loader of the first one (``torch`` for
+    the ``data.pkl`` that ``torch.load`` reads from a zip, with its ``persistent_load``)."""
+    small = len(win) <= IN_MEMORY
+    first = ctx.scan_pickle(win, member, depth, view, strict=False)
+    if view != "pickle":
+        ctx.settle(first, member)
+        return
+    joblib = None
+    if small or first.error is not None or any(k in first.globals for k in JOBLIB_WRAPPERS):
+        joblib = ctx.scan_pickle(
+            win.sub(first.start, len(win)), member, depth, "joblib", strict=False
+        )
+        if joblib.joblib_arrays:
+            ctx.settle(joblib, member)
+            if first.error is not None:
+                ctx.add(
+                    Rule.CONTAINER_ANOMALY,
+                    Severity.INFO,
+                    f"pickle.load stops at array data that joblib.load skips "
+                    f"({first.error.message})",
+                    member,
+                    first.error.offset,
+                )
+            if top:
+                ctx.kind = "joblib"
+            return
+    ctx.settle(first, member)
+    legacy = first.value == TORCH_LEGACY_MAGIC and type(first.value) is int
     if top:
-        ctx.kind = _kind(first, wanted)
+        ctx.kind = _kind(first, legacy)
+    if legacy:
+        for view in LEGACY_VIEWS:
+            ctx.scan_pickle(win, member, depth, view)
+        return
+    _more_streams(ctx, win, member, depth)
+
+
+def _more_streams(ctx: FileScan, win: Window, member: str | None, depth: int) -> None:
     streams = 1
-    while win.remaining and (wanted is None or streams < wanted):
+    while win.remaining:
         start = win.tell()
-        nxt = win.peek_at(start, 2)
-        if wanted is None and not (
-            nxt[:1] == b"\x80"
-            or (looks_like_pickle_start(nxt[0]) and parses_a_while(win.sub(start, win.remaining)))
-        ):
+        if not is_pickle(win.sub(start, win.remaining)):
             break
         if streams >= MAX_STREAMS:
             ctx.add(
@@ -76,22 +156,21 @@ def scan(ctx: FileScan, win: Window, member: str | None, depth: int, top: bool) 
             )
             ctx.complete = False
             return
-        try:
-            ctx.scan_pickle(win, member, depth)
-        except ScanError as exc:
-            if wanted is not None:
-                raise
+        res = ctx.scan_pickle(win, member, depth, strict=False)
+        if res.error is not None:
+            if isinstance(res.error, LimitExceeded) or res.globals or res.diverged:
+                ctx.settle(res, member)
             ctx.add(
                 Rule.CONTAINER_ANOMALY,
                 Severity.INFO,
-                f"data after the first pickle is not a complete pickle ({exc.message}); "
-                "pickle.load never reads it",
+                f"data after the first pickle is not a complete pickle "
+                f"({res.error.message}); pickle.load never reads it",
                 member,
                 start,
             )
             return
         streams += 1
-    if win.remaining and wanted is None:
+    if win.remaining:
         ctx.add(
             Rule.CONTAINER_ANOMALY,
             Severity.INFO,
@@ -101,11 +180,12 @@ def scan(ctx: FileScan, win: Window, member: str | None, depth: int, top: bool) 
         )
 
 
-def _kind(first: StreamResult, wanted: int | None) -> str:
-    if wanted:
+def _kind(first: StreamResult, legacy: bool) -> str:
+    if legacy:
         return "torch-legacy"
-    if first.joblib_arrays:
-        return "joblib"
     if any(k.startswith("torch.distributed.checkpoint.") for k in first.globals):
         return "torch-dcp-metadata"
     return "pickle"
+
+
+__all__ = ["FORMATS", "is_pickle", "scan", "sniff"]

@@ -1,7 +1,7 @@
 """7z archives: no model loader opens them directly, but they carry checkpoints around
 (the 2025 "nullifAI" models were 7z-compressed torch files that scanners skipped).
-Members are scanned when ``py7zr`` is installed; without it the file is an ``error``,
-never ``safe``.
+Members are scanned when ``py7zr`` is installed (the ``scan`` extra); without it the file is
+an ``error``, never ``safe``.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from trainguard.errors import LimitExceeded, ScanError
+from trainguard.scan.optional import missing_extra
 
 if TYPE_CHECKING:
     from trainguard.scan.engine import FileScan
@@ -29,9 +30,8 @@ def scan(ctx: FileScan, win: Window, member: str | None, depth: int, top: bool) 
     try:
         import py7zr
     except ImportError:
-        raise ScanError(
-            "7z archive: install trainguard[7z] (py7zr) to scan its members", member=member
-        ) from None
+        missing_extra(ctx, "py7zr", member, "7z archive")
+        return
     win.seek(0)
     try:
         with py7zr.SevenZipFile(io.BufferedReader(win), mode="r") as archive:

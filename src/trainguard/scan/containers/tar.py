@@ -1,6 +1,11 @@
 """TAR archives, including PyTorch's legacy tar checkpoints (``sys_info``, ``pickle``,
 ``storages``, ``tensors``).
 
+Members are listed by ``tarfile`` itself (the reader legacy ``torch.load`` uses), so names,
+sizes and data offsets are what the loader trusts. A tar header is 512 bytes of text fields,
+so byte 0 can also begin a pickle that ``pickle.load``/``joblib.load``/``numpy.load`` run:
+that view is judged by ``polyglot.py`` after this reader.
+
 Legacy ``torch.load`` unpickles every pickle in ``storages`` and ``tensors`` (counts, then one
 small pickle per record between raw bytes), so those members are walked record by record
 exactly as the loader does, not only their first pickle.
@@ -14,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from trainguard.errors import LimitExceeded, ScanError
 from trainguard.findings import Rule, Severity
-from trainguard.scan.opcodes import GlobalRef, Lit, Seq
+from trainguard.scan.judge import global_key
 
 if TYPE_CHECKING:
     from trainguard.scan.engine import FileScan
@@ -42,7 +47,8 @@ def sniff(head: bytes, win: Window) -> str | None:
     return "tar"
 
 
-def scan(ctx: FileScan, win: Window, member: str | None, depth: int, top: bool) -> None:
+def _headers(ctx: FileScan, win: Window, member: str | None) -> list[tarfile.TarInfo]:
+    """The members ``tarfile`` lists (headers only), as ``torch.load``'s legacy path reads."""
     try:
         win.seek(0)
         tf = tarfile.open(fileobj=win, mode="r:")  # noqa: SIM115 - only headers are read
@@ -55,6 +61,20 @@ def scan(ctx: FileScan, win: Window, member: str | None, depth: int, top: bool) 
                 )
     except tarfile.TarError as exc:
         raise ScanError(f"unreadable tar: {exc}", member=member) from None
+    return infos
+
+
+def member_ranges(ctx: FileScan, win: Window) -> list[tuple[int, int]]:
+    """Data ranges of the regular members (each judged as a file of its own)."""
+    try:
+        infos = _headers(ctx, win, None)
+    except ScanError:
+        return []
+    return [(i.offset_data, i.offset_data + i.size) for i in infos if i.isfile()]
+
+
+def scan(ctx: FileScan, win: Window, member: str | None, depth: int, top: bool) -> None:
+    infos = _headers(ctx, win, member)
     names = {i.name for i in infos}
     legacy = {"pickle", "storages", "tensors"} <= names
     if top:
@@ -91,7 +111,8 @@ def scan(ctx: FileScan, win: Window, member: str | None, depth: int, top: bool) 
                 _legacy_records(ctx, part, name, depth + 1, info.name)
             elif legacy and info.name in ("pickle", "sys_info"):
                 ctx.members.append(name)
-                ctx.scan_pickle(part, name, depth + 1)
+                view = "torch-tar" if info.name == "pickle" else "pickle"
+                ctx.scan_pickle(part, name, depth + 1, view)
             else:
                 ctx.scan_window(part, name, depth + 1)
         except ScanError as exc:
@@ -101,11 +122,11 @@ def scan(ctx: FileScan, win: Window, member: str | None, depth: int, top: bool) 
 def _legacy_records(ctx: FileScan, win: Window, name: str, depth: int, kind: str) -> None:
     ctx.members.append(name)
     count = ctx.scan_pickle(win, name, depth).value
-    if not (isinstance(count, Lit) and isinstance(count.value, int)) or count.value < 0:
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
         raise ScanError(f"{kind}: record count is not an integer", offset=0)
-    if count.value > _MAX_RECORDS:
-        raise LimitExceeded(f"{kind}: {count.value} records", offset=0)
-    for _ in range(count.value):
+    if count > _MAX_RECORDS:
+        raise LimitExceeded(f"{kind}: {count} records", offset=0)
+    for _ in range(count):
         args = ctx.scan_pickle(win, name, depth).value
         if kind == "storages":
             size = _element_size(args)
@@ -131,8 +152,9 @@ def _legacy_records(ctx: FileScan, win: Window, name: str, depth: int, kind: str
 
 
 def _element_size(args: object) -> int:
-    if isinstance(args, Seq) and len(args.items) == 3 and isinstance(args.items[2], GlobalRef):
-        cls = args.items[2].name
+    key = global_key(args[2]) if isinstance(args, tuple) and len(args) == 3 else None
+    if key:
+        cls = key.rpartition(".")[2]
         size = _ELEMENT.get(cls.removesuffix("Storage"))
         if size:
             return size

@@ -13,6 +13,7 @@ only ever read inside ``protected()`` (or the protected subprocess).
 
 from __future__ import annotations
 
+import _pickle
 import io
 import os
 import pickle
@@ -34,7 +35,7 @@ pytest.importorskip("accelerate")
 
 import trainguard  # noqa: E402
 from trainguard import Finding, LoadBlocked, Rule  # noqa: E402
-from trainguard.protection import is_protected  # noqa: E402
+from trainguard.load import is_protected  # noqa: E402
 
 from pk import payload  # noqa: E402
 
@@ -327,6 +328,7 @@ def test_distributed_checkpoint_metadata(tmp_path: Path) -> None:
 
 
 def test_unprotect_restores_the_exact_objects() -> None:
+    dill = pytest.importorskip("dill")
     np = pytest.importorskip("numpy")
     joblib = pytest.importorskip("joblib")
     from torch.distributed.checkpoint.filesystem import FileSystemReader
@@ -339,18 +341,33 @@ def test_unprotect_restores_the_exact_objects() -> None:
         (np, "load"),
         (joblib, "load"),
     ]
+    from joblib.numpy_pickle import NumpyUnpickler
+
+    targets += [
+        (pickle, "Unpickler"),
+        (pickle, "_Unpickler"),
+        (pickle, "_load"),
+        (pickle, "_loads"),
+        (_pickle, "load"),
+        (_pickle, "loads"),
+        (_pickle, "Unpickler"),
+        (dill, "load"),
+        (dill, "loads"),
+    ]
     before = [getattr(owner, attr) for owner, attr in targets]
     reader_before = dict(vars(FileSystemReader))
+    joblib_before = dict(vars(NumpyUnpickler))
     with trainguard.protected():
         for (owner, attr), orig in zip(targets, before, strict=True):
             assert getattr(owner, attr) is not orig, f"{owner.__name__}.{attr} not wrapped"
-        assert vars(FileSystemReader)["read_metadata"] is not reader_before["read_metadata"]
+        assert vars(NumpyUnpickler)["find_class"] is not pickle._Unpickler.find_class
         with trainguard.protected():  # nested: the inner exit must not unwrap
             pass
         assert torch.load is not before[2]
     for (owner, attr), orig in zip(targets, before, strict=True):
         assert getattr(owner, attr) is orig, f"{owner.__name__}.{attr} not restored"
     assert dict(vars(FileSystemReader)) == reader_before
+    assert dict(vars(NumpyUnpickler)) == joblib_before
     assert not is_protected()
 
 

@@ -13,8 +13,8 @@ import pytest
 
 import trainguard
 from trainguard import LoadBlocked, SuspiciousCallBlocked
-from trainguard.findings import Rule
-from trainguard.loader import restricted_pickle_module
+from trainguard.findings import FileResult, GlobalRecord, Rule, Verdict
+from trainguard.load import Allowed, GlobalRefused
 
 torch = pytest.importorskip("torch")
 
@@ -110,8 +110,28 @@ def test_unknown_class_needs_trust_and_then_runs_under_the_audit_hook(tmp_path: 
     assert not marker.exists()
 
 
+def _result(*globs: tuple[str, str, str]) -> FileResult:
+    records = tuple(
+        GlobalRecord(f"{m}.{q}", m, q, None, "new", status, "test", 0) for m, q, status in globs
+    )
+    return FileResult("x.pkl", "pickle", Verdict.SAFE, (), True, globals=records)
+
+
 def test_restricted_unpickler_returns_only_allowed_globals():
-    mod = restricted_pickle_module([(dict, "builtins.dict")])
-    assert mod.loads(pickle.dumps({"a": 1}, protocol=0)) == {"a": 1}
-    with pytest.raises(pickle.UnpicklingError, match="not allowed"):
+    allowed = Allowed(_result(("collections", "OrderedDict", "safe")))
+    mod = allowed.pickle_module()
+    from collections import OrderedDict
+
+    assert mod.loads(pickle.dumps(OrderedDict(a=1), protocol=0)) == OrderedDict(a=1)
+    with pytest.raises(GlobalRefused, match=r"argparse\.Namespace is not allowed") as info:
         mod.loads(pickle.dumps(argparse.Namespace(a=1)))
+    assert isinstance(info.value, pickle.UnpicklingError)
+    assert info.value.global_name == "argparse.Namespace"
+    assert info.value.rule == "scan.differential"  # the scan never saw it
+
+
+def test_unknown_and_dangerous_globals_are_never_in_the_table():
+    result = _result(("argparse", "Namespace", "unknown"), ("os", "system", "dangerous"))
+    assert Allowed(result).table == {}
+    trusted = Allowed(result, trusted=True).table
+    assert ("argparse", "Namespace") in trusted and ("os", "system") not in trusted

@@ -20,8 +20,8 @@ transformers = pytest.importorskip("transformers")
 
 from safetensors import safe_open  # noqa: E402
 
-from trainguard.conversion import ConvertResult, convert  # noqa: E402
 from trainguard.errors import ConfigError, LoadBlocked  # noqa: E402
+from trainguard.load import ConvertResult, convert  # noqa: E402
 
 from pk import payload  # noqa: E402
 

@@ -1,24 +1,9 @@
-"""A PEP 578 audit hook that watches loads which still run a full unpickler.
+"""The runtime guard's side of the audit hook: process-wide recording of calls a job has no
+business making (see ``trainguard.load.audithook``, which installs the one hook).
 
-``sys.addaudithook`` cannot be undone, so one hook is installed for the life of the process
-and does nothing unless a ``guarding()`` block is active in the current context (a context
-variable, so threads and async tasks each have their own). Inside such a block, events that
-a checkpoint load never needs (a shell, a new process, a signal, a socket, a native
-library, code compiled from text) are recorded as ``runtime.suspicious_call`` findings with
-the Python stack, and, when the block says so, stopped by raising ``SuspiciousCallBlocked``
-from inside the audited call.
-
-Imports are exempt: ``find_class`` imports modules and the import system compiles and
-executes their code, which raises the same ``compile``/``exec`` events. Which modules may be
-imported is the scanner's and the restricted unpickler's job, not this hook's.
-
-The same hook also serves the runtime guard: ``record()`` starts a process-wide recording
-(any thread, any context) of the calls a training job has no business making
-(``RECORDED_EVENTS``), handed to a callback as ``CallEvent``; it never blocks and never
-raises. Both modes coexist. With nobody recording and no guarded load, the hook returns
-after one truth test and one context-variable read.
-
-What a recording leaves out, and why:
+``record()`` starts a recording (any thread, any context) of ``RECORDED_EVENTS``, handed to a
+callback as ``CallEvent``; it never blocks and never raises. What a recording leaves out, and
+why:
 
 * ``compile``/``exec``/``import``, ``os.fork`` and ``socket.getaddrinfo``: honest training
   does them all the time (imports, ``torch.compile``, DataLoader workers, DNS).
@@ -37,68 +22,34 @@ What a recording leaves out, and why:
   packages are what they should be is ``trainguard env``'s question, not this hook's.
 * what the recording's ``allow`` names: an event, a module prefix, or ``EVENT@MODULE``.
 
-Recording is per process: a forked child (a DataLoader worker) starts with no recorders,
-so a worker never writes into the parent's ledger.
+These exemptions are the recording's only: they decide what is *reported* to the guard,
+never what a load window lets through. Recording is per process: a forked child (a
+DataLoader worker) starts with no recorders, so a worker never writes into the parent's
+ledger.
 """
 
 from __future__ import annotations
 
 import contextlib
-import contextvars
+import linecache
 import os
 import socket
 import sys
 import threading
 import traceback
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from trainguard.errors import SuspiciousCallBlocked
-from trainguard.findings import Finding, Location, Rule, Severity
-
 __all__ = [
-    "BLOCKED_EVENTS",
     "HONEST",
     "RECORDED_EVENTS",
     "SPAWN_EVENTS",
     "CallEvent",
     "Recording",
-    "Watch",
     "call_at_next_event",
-    "guarding",
-    "install",
     "record",
 ]
-
-BLOCKED_EVENTS = frozenset(
-    {
-        "os.system",
-        "os.exec",
-        "os.posix_spawn",
-        "os.spawn",
-        "os.fork",
-        "os.forkpty",
-        "os.kill",
-        "os.killpg",
-        "os.startfile",
-        "subprocess.Popen",
-        "pty.spawn",
-        "socket.connect",
-        "socket.bind",
-        "socket.getaddrinfo",
-        "ctypes.dlopen",
-        "ctypes.dlsym",
-        "ctypes.call_function",
-        "compile",
-        "exec",
-        "webbrowser.open",
-        "sys.settrace",
-        "sys.setprofile",
-        "sys.addaudithook",
-    }
-)
-_IMPORT_CODE = ("importlib._bootstrap", "<frozen importlib._bootstrap")
 
 SPAWN_EVENTS = frozenset(
     {"subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.forkpty",
@@ -126,110 +77,15 @@ _SIGNAL_EVENTS = frozenset({"os.kill", "os.killpg", "signal.pthread_kill"})
 _SOCKET_EVENTS = frozenset({"socket.connect", "socket.bind", "socket.sendto", "socket.sendmsg"})
 _ENV_ARG = {"subprocess.Popen": 3, "os.exec": 2, "os.posix_spawn": 2, "os.spawn": 3}
 _AT_IMPORT = frozenset({"ctypes.dlopen", "subprocess.Popen", "os.posix_spawn"})
-_MAX_DEPTH = 64
+MAX_DEPTH = 64
+"""How many frames, innermost first, the hook hands to ``on_event``."""
+_STACK_SHOWN = 8
 
+Frame = tuple[str, int | None, str, dict[str, Any]]
+"""One frame as the hook hands it over: file, line, function, the frame's globals."""
 
-@dataclass
-class Watch:
-    """One guarded region: what it is loading, whether to block, what was seen."""
-
-    path: str
-    block: bool = True
-    findings: list[Finding] = field(default_factory=list)
-    on_finding: Callable[[Finding], None] | None = None
-
-
-_current: contextvars.ContextVar[Watch | None] = contextvars.ContextVar(
-    "trainguard_watch", default=None
-)
-_installed = False
 _lock = threading.Lock()
 _busy = threading.local()
-
-
-def _harmless_compile(event: str) -> bool:
-    """``compile`` to an AST only (``ast.parse``, ``ast.literal_eval``: numpy reads ``.npy``
-    headers so) makes nothing that can run; anything run later raises its own event."""
-    if event != "compile":
-        return False
-    try:
-        caller = sys._getframe(2)  # 0: this function, 1: the hook, 2: who called compile()
-    except ValueError:
-        return False
-    return caller.f_globals.get("__name__") == "ast"
-
-
-def _from_import_system() -> bool:
-    frame = sys._getframe(2)
-    depth = 0
-    while frame is not None and depth < 40:
-        name = frame.f_code.co_filename
-        if name.startswith(_IMPORT_CODE) or frame.f_globals.get("__name__", "").startswith(
-            "importlib"
-        ):
-            return True
-        frame = frame.f_back  # type: ignore[assignment]
-        depth += 1
-    return False
-
-
-def _hook(event: str, args: tuple[Any, ...]) -> None:
-    if _next and event != "sys._getframe":  # (sys._getframe raises its own event)
-        _fire_next()
-    if _recorders and event in _recordable:
-        _record(event, args, sys._getframe(1))
-    watch = _current.get()
-    if watch is None or event not in BLOCKED_EVENTS or getattr(_busy, "on", False):
-        return
-    if event in ("compile", "exec") and (_harmless_compile(event) or _from_import_system()):
-        return
-    _busy.on = True  # the hook's own work (formatting a stack) must not re-enter it
-    try:
-        stack = "".join(traceback.format_stack(sys._getframe(1), limit=12))
-        detail = repr(args)[:300]
-        finding = Finding(
-            Rule.SUSPICIOUS_CALL,
-            Severity.CRITICAL,
-            f"during the load of {watch.path}: {event}{detail}",
-            Location(watch.path),
-            {"event": event, "args": detail, "stack": stack, "blocked": watch.block},
-        )
-        watch.findings.append(finding)
-        if watch.on_finding is not None:
-            watch.on_finding(finding)
-    finally:
-        _busy.on = False
-    if watch.block:
-        raise SuspiciousCallBlocked(
-            f"blocked {event} while loading {watch.path}", event=event, path=watch.path,
-            finding=finding,
-        )  # fmt: skip
-
-
-def install() -> None:
-    """Install the process-wide hook once (idempotent)."""
-    global _installed
-    with _lock:
-        if not _installed:
-            sys.addaudithook(_hook)
-            _installed = True
-
-
-@contextlib.contextmanager
-def guarding(
-    path: str, *, block: bool = True, on_finding: Callable[[Finding], None] | None = None
-) -> Iterator[Watch]:
-    """Watch (and by default block) suspicious calls made while loading ``path``."""
-    install()
-    watch = Watch(path, block, on_finding=on_finding)
-    token = _current.set(watch)
-    try:
-        yield watch
-    finally:
-        _current.reset(token)
-
-
-# -- process-wide recording (the runtime guard) ------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,7 +180,7 @@ def record(
     or pairs (``"subprocess.Popen@mypkg.tools"``). ``filtered=False`` also reports what
     trainguard, ``HONEST`` machinery and ``allow`` would exempt."""
     global _recorders, _recordable
-    install()
+    _install()
     recording = Recording(callback, frozenset(events), allow, filtered)
     with _lock:
         _ensure_fork_handler()
@@ -337,25 +193,55 @@ def call_at_next_event(callback: Callable[[], None], *, outside: tuple[str, ...]
     """Run ``callback`` in this thread at its next audit event raised by code outside the
     modules ``outside``: the way to act right after a call that raises no event when it is
     done (``subprocess.Popen`` is announced, never finished). Never raises from the hook."""
-    install()
+    _install()
     with _lock:
         _ensure_fork_handler()
         _next[threading.get_ident()] = (outside, callback)
 
 
-def _fire_next() -> None:
+def _fire_next(frames: Sequence[Frame]) -> None:
+    """Run this thread's ``call_at_next_event`` callback; ``frames[0]`` is the audited
+    caller's."""
     ident = threading.get_ident()
     entry = _next.get(ident)
     if entry is None:
         return
     outside, callback = entry
     if outside:
-        name = sys._getframe(2).f_globals.get("__name__") or ""  # 0: this, 1: the hook
+        name = _module_of(frames[0]) if frames else ""
         if any(_under(name, m) for m in outside):
             return
     _next.pop(ident, None)
     with contextlib.suppress(Exception):
         callback()
+
+
+def _install() -> None:
+    from trainguard.load.audithook import install
+
+    install()
+
+
+def wants(event: str) -> bool:
+    """Whether ``event`` is for a recording or a pending ``call_at_next_event``."""
+    return bool(_next) or (bool(_recorders) and event in _recordable)
+
+
+def on_event(event: str, args: tuple[Any, ...], frames: Sequence[Frame]) -> None:
+    """The hook's call for every event ``wants`` (never raises).
+
+    ``frames`` is the stack, innermost first, as plain data the hook read before calling:
+    the recording itself must never touch a frame. Reading ``f_code`` (or reaching a frame
+    through ``sys._getframe``, ``tb_frame``, ``traceback``) is an audit event, and a load
+    window refuses it like any other; raised from here, inside a window, it would be refused
+    and recorded before the call that is being recorded. The hook reads the frames under
+    its own exemption, which covers only that C-level read (no Python code of anyone's runs
+    inside it), so nothing here, nor a recording or callback a payload registers, gets a way
+    past the window: whatever they do raises its events with this thread's window open."""
+    if _next and event != "sys._getframe":
+        _fire_next(frames)
+    if _recorders and event in _recordable:
+        _record(event, args, frames)
 
 
 def _ensure_fork_handler() -> None:
@@ -374,12 +260,12 @@ def _forget_recorders() -> None:
     _next.clear()
 
 
-def _record(event: str, args: tuple[Any, ...], frame: Any) -> None:
+def _record(event: str, args: tuple[Any, ...], frames: Sequence[Frame]) -> None:
     if getattr(_busy, "on", False) or _probe_or_unaddressed(event, args):
         return
-    _busy.on = True  # formatting the stack raises events of its own
+    _busy.on = True  # the callbacks may raise recorded events of their own
     try:
-        call = _describe(event, args, frame)
+        call = _describe(event, args, frames)
         for recording in _recorders:
             if event not in recording.events:
                 continue
@@ -406,21 +292,20 @@ def _probe_or_unaddressed(event: str, args: tuple[Any, ...]) -> bool:
     return False
 
 
-def _describe(event: str, args: tuple[Any, ...], frame: Any) -> CallEvent:
-    origin = frame.f_globals.get("__name__", "?") if frame is not None else "?"
-    site_frame = None
+def _describe(event: str, args: tuple[Any, ...], frames: Sequence[Frame]) -> CallEvent:
+    origin = (_module_of(frames[0]) or "?") if frames else "?"
+    site_at: Frame | None = None
     modules: list[str] = []
     kinds: list[str] = []
     own = importing = False
-    f, depth = frame, 0
-    while f is not None and depth < _MAX_DEPTH:
-        name = f.f_globals.get("__name__") or "?"
-        kind = _kind(name, f.f_code.co_filename)
+    for at in frames:
+        name = _module_of(at) or "?"
+        kind = _kind(name, at[0])
         if kind == "stdlib" and modules and not importing and name.startswith("importlib"):
             importing = all(k == "third_party" for k in kinds)
         if kind != "stdlib":
-            if site_frame is None:
-                site_frame = f
+            if site_at is None:
+                site_at = at
             modules.append(name)
             kinds.append(kind)
             if kind == "trainguard":
@@ -428,11 +313,9 @@ def _describe(event: str, args: tuple[Any, ...], frame: Any) -> CallEvent:
                 break
             if kind == "user":
                 break
-        f, depth = f.f_back, depth + 1
-    where = site_frame if site_frame is not None else frame
-    site = f"{where.f_code.co_filename}:{where.f_lineno}" if where is not None else "?"
-    module = where.f_globals.get("__name__", "?") if where is not None else "?"
-    stack = "".join(traceback.format_stack(frame, limit=8)) if frame is not None else ""
+    where = site_at if site_at is not None else (frames[0] if frames else None)
+    site = f"{where[0]}:{where[1]}" if where is not None else "?"
+    module = (_module_of(where) or "?") if where is not None else "?"
     return CallEvent(
         event=event,
         args=_args_text(event, args),
@@ -443,8 +326,25 @@ def _describe(event: str, args: tuple[Any, ...], frame: Any) -> CallEvent:
         own=own,
         importing=importing,
         thread=threading.current_thread().name,
-        stack=stack,
+        stack=_stack_text(frames),
     )
+
+
+def _module_of(frame: Frame) -> str:
+    name = frame[3].get("__name__")
+    return name if isinstance(name, str) else ""
+
+
+def _stack_text(frames: Sequence[Frame]) -> str:
+    """What ``traceback.format_stack`` shows (innermost frames, outermost first), from the
+    hook's plain data: source lines come from ``linecache``, which only reads files."""
+    shown = frames[:_STACK_SHOWN]
+    for filename, _, _, module_globals in shown:
+        linecache.lazycache(filename, module_globals)
+    summary = traceback.StackSummary.from_list(
+        [traceback.FrameSummary(f, n, name, lookup_line=False) for f, n, name, _ in shown[::-1]]
+    )
+    return "".join(summary.format())
 
 
 def _kind(module: str, filename: str) -> str:

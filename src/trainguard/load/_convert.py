@@ -203,7 +203,7 @@ def _copy_rest(
 
 
 def _load(path: Path, policy: Policy | None, limits: Limits | None) -> Any:
-    from trainguard.loader import load
+    from trainguard.load._safe import load
 
     log.info("converting %s", path)
     return load(path, map_location="cpu", policy=policy, limits=limits)
