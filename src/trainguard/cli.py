@@ -192,7 +192,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     drill = sub.add_parser(
         "drill",
-        help="run the sabotage drill: every attack of THREATS.md against a tiny real job",
+        help="run the sabotage drill: every attack of docs/threats.md against a tiny real job",
         description="Runs a tiny GPT job clean (2 ranks) and once per attack, each under "
         "`trainguard run`, and prints whether each attack was caught, how late, and by whom. "
         "Exit codes: 0 every attack caught and the clean run silent; 1 otherwise; 2 error.",

@@ -4,14 +4,17 @@
 
     TrainguardError            every error trainguard raises on purpose
      +-- ScanError             an input could not be read or parsed to the end
-     |    +-- LimitExceeded    a resource bound (size, ops, depth, ratio, time) was hit
+     |    +-- LimitExceeded    a resource bound (size, memory, depth, ratio, time) was hit
      +-- LoadBlocked           a load was refused: the file was judged unsafe or unscannable
      |    +-- SuspiciousCallBlocked   code ran during a load and tried a blocked action
+     |    +-- GlobalRefused    the restricted unpickler was asked for a global the scan of
+     |                         that file did not allow (also a pickle.UnpicklingError)
      +-- ConfigError           a policy or configuration file is wrong
      +-- IntegrityError        something that was recorded no longer matches
      |    +-- SealRefused      (trainguard.env) the environment failed its pre-seal check
- |    +-- GuardStopped     the runtime guard stopped a job on an alert (``stop_on``)
+     |    +-- GuardStopped     the runtime guard stopped a job on an alert (``stop_on``)
      +-- LedgerWriteError      (trainguard.ledger) a record could not be made durable
+     +-- ProbeFailed           (trainguard.env) the isolated environment checker died
      +-- VerificationError     a signature or manifest does not verify
 
 ``scan_*`` functions turn ``ScanError`` into an ``error`` result and never raise it to
@@ -20,10 +23,12 @@ the caller; ``verify_*`` functions raise. The CLI catches only ``TrainguardError
 
 from __future__ import annotations
 
+import pickle
 from typing import Any
 
 __all__ = [
     "ConfigError",
+    "GlobalRefused",
     "GuardStopped",
     "IntegrityError",
     "LimitExceeded",
@@ -95,6 +100,13 @@ class LoadBlocked(TrainguardError):
         self.rule = rule
         self.result = result
         self.finding = finding
+
+
+class GlobalRefused(LoadBlocked, pickle.UnpicklingError):
+    """The restricted unpickler was asked for a global the scan of that file did not allow.
+
+    Both a ``LoadBlocked`` (trainguard's tree) and an ``UnpicklingError`` (what code around
+    an unpickler expects)."""
 
 
 class SuspiciousCallBlocked(LoadBlocked):

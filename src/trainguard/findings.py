@@ -1,7 +1,7 @@
 """Result types shared by every feature: severities, rule ids, findings and verdicts.
 
 All result types are frozen. A finding always carries a stable ``rule`` id (the alert ids
-of THREATS.md), a severity, a message, a location and evidence. "Could not check" is a
+of docs/threats.md), a severity, a message, a location and evidence. "Could not check" is a
 finding of its own (``scan.error``), never silence.
 """
 

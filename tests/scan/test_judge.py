@@ -341,3 +341,34 @@ def test_what_the_differential_fuzzer_found_is_judged(name: str):
     r = scan_bytes(bytes.fromhex(FUZZER_FINDS[name]))
     assert r.verdict is Verdict.UNSAFE, [f.message for f in r.findings]
     assert r.format == "pickle"
+
+
+def test_numpy_crashing_on_a_dtype_state_never_crashes_the_scan(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """numpy can crash on a malformed dtype state (the fuzzer once took the scanner down
+    that way): the judge asks numpy in a child process, so a crash there is an error verdict
+    for the file, never a crash of the scan. Here the child is made to die on every question."""
+    np = pytest.importorskip("numpy")
+    joblib = pytest.importorskip("joblib")
+    from trainguard.scan import numpy_worker
+
+    path = tmp_path / "a.joblib"
+    joblib.dump(np.arange(4.0), path)
+    monkeypatch.setattr(numpy_worker, "_CHILD", "import os, sys\nsys.stdin.readline()\nos.abort()")
+    monkeypatch.setattr(numpy_worker, "_worker", numpy_worker._Worker())
+    r = scan_file(path)
+    assert r.verdict is Verdict.ERROR
+    assert "numpy crashes" in _messages(r)
+
+
+def test_joblib_byte_count_follows_numpy_and_joblib_arithmetic():
+    from trainguard.scan.judge_joblib import joblib_bytes
+    from trainguard.scan.numpy_worker import array_layout
+
+    f8 = {"$": "dtype", "args": ["<f8"], "states": []}
+    assert array_layout(f8, {"$": "tuple", "items": [3, 4]})["count"] == 12
+    wrap = array_layout(f8, {"$": "tuple", "items": [2**32, 2**32]})  # int64 wraps to 0
+    assert wrap["count"] == 0
+    assert joblib_bytes(12, 8) == 96
+    assert joblib_bytes(5, -1) == 0  # joblib's chunk loop runs backwards: reads nothing

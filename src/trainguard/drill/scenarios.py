@@ -1,4 +1,4 @@
-"""The attacks of THREATS.md, each done to the drill's job the way the insider did it.
+"""The attacks of docs/threats.md, each done to the drill's job the way the insider did it.
 
 A scenario sets up its attack, runs (or reuses) the job, and returns a ``Trial``: the
 ledger whose alerts count, plus when and where the attack landed (step, time, rank), so

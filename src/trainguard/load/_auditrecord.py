@@ -233,8 +233,8 @@ def on_event(event: str, args: tuple[Any, ...], frames: Sequence[Frame]) -> None
     ``frames`` is the stack, innermost first, as plain data the hook read before calling:
     the recording itself must never touch a frame. Reading ``f_code`` (or reaching a frame
     through ``sys._getframe``, ``tb_frame``, ``traceback``) is an audit event, and a load
-    window refuses it like any other; raised from here, inside a window, it would be refused
-    and recorded before the call that is being recorded. The hook reads the frames under
+    window refuses it like any other: raised from here inside a window, it would lose the
+    recording and give the window a finding of trainguard's own. The hook reads the frames under
     its own exemption, which covers only that C-level read (no Python code of anyone's runs
     inside it), so nothing here, nor a recording or callback a payload registers, gets a way
     past the window: whatever they do raises its events with this thread's window open."""

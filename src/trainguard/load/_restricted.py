@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from trainguard.errors import LoadBlocked, SuspiciousCallBlocked
+from trainguard.errors import GlobalRefused, LoadBlocked, SuspiciousCallBlocked
 from trainguard.findings import FileResult, Finding, Location, Rule, Severity, Verdict
 from trainguard.load import _seal, audithook
 from trainguard.scan import Limits, Policy, scan_bytes, scan_file
@@ -58,13 +58,6 @@ log = logging.getLogger("trainguard")
 FindingSink = Callable[[Finding], None]
 _CUnpickler = _pickle.Unpickler
 _CODECS = ("ascii", "latin1", "utf-8")
-
-
-class GlobalRefused(LoadBlocked, pickle.UnpicklingError):
-    """The restricted unpickler was asked for a global the scan of that file did not allow.
-
-    Both a ``LoadBlocked`` (trainguard's tree) and an ``UnpicklingError`` (what code around
-    an unpickler expects)."""
 
 
 class Source:

@@ -28,7 +28,7 @@ _LEAVES = frozenset([str, bytes, int, float, bool, type(None), complex, bytearra
 
 
 def _children(obj: Any) -> list[Any]:
-    from trainguard.scan.judge import Made
+    from trainguard.scan.standins import Made
 
     if isinstance(obj, Made):
         out: list[Any] = [obj.maker, *obj.args, *obj.kwargs.values(), *obj.states, *obj.items]
@@ -39,7 +39,7 @@ def _children(obj: Any) -> list[Any]:
 
 
 def _is_node(obj: Any) -> bool:
-    from trainguard.scan.judge import Made
+    from trainguard.scan.standins import Made
 
     return type(obj) in (list, tuple, dict, set, frozenset) or isinstance(obj, Made)
 
@@ -61,7 +61,7 @@ def _shared(root: Any) -> bool:
     argument of ``getrefcount``); a made object one more (its own spread token). Anything
     else holding it only raises the count, so a false "shared" costs time, never a miss.
     """
-    from trainguard.scan.judge import Made, Persisted
+    from trainguard.scan.standins import Made, Persisted
 
     node = frozenset([list, tuple, dict, set, frozenset, Made, Persisted]).__contains__
     made = frozenset([Made, Persisted]).__contains__

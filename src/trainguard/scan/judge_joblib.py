@@ -8,12 +8,13 @@ Those bytes are never opcodes to joblib, and always opcodes to ``pickle.load``: 
 views are judged separately (``raw_pickle``), and this one runs the same pure-Python
 unpickler class joblib runs, with our ``find_class`` and stand-ins.
 
-What this trusts: the byte count. It is computed the way joblib computes it, with numpy
+What this trusts: the byte count. It is computed the way joblib computes it, by numpy
 itself on the literal values the pickle gave (``np.int64`` of each shape item multiplied
 with ``np.multiply.reduce``, wrapping as int64 does; the dtype rebuilt with ``np.dtype``
-and its ``__setstate__`` from literal arguments; the alignment byte read whenever the
-attribute exists and is not None, whatever its value). A shape, dtype or alignment that was
-computed at load time cannot be followed and ends the view with an error (never "safe").
+and its ``__setstate__``), in a separate process (``numpy_worker.py``: numpy can crash on a
+malformed dtype state); the alignment byte is read whenever the attribute exists and is not
+None, whatever its value. A shape or dtype computed at load time cannot be followed and
+ends the view with an error (never "safe").
 ``tests/scan/test_judge_joblib.py`` checks the arithmetic against ``joblib.load`` itself.
 """
 
@@ -27,23 +28,20 @@ from trainguard.errors import LimitExceeded, ScanError
 from trainguard.scan.feed import Feed, memory_cap
 from trainguard.scan.judge import (
     EXT_CACHE_USED,
-    Made,
-    Recorder,
     StreamResult,
     clean_extension_cache,
-    global_key,
-    made_class,
 )
+from trainguard.scan.numpy_worker import NumpyCrashed, array_layout
+from trainguard.scan.recorder import Recorder
+from trainguard.scan.standins import Made, global_key, made_class
 from trainguard.scan.uses import Use
 
-__all__ = ["judge_joblib"]
+__all__ = ["joblib_bytes", "judge_joblib"]
 
 WRAPPER = "joblib.numpy_pickle.NumpyArrayWrapper"
 OLD_WRAPPER = "joblib.numpy_pickle_compat.NDArrayWrapper"
 BUFFER_SIZE = 2**18
 """joblib's ``numpy_pickle_utils.BUFFER_SIZE``: arrays are read in chunks of this size."""
-
-_LITERALS = (str, bytes, int, float, bool, type(None))
 
 
 _PyUnpickler: Any = pickle._Unpickler
@@ -96,16 +94,16 @@ class _JoblibJudge(_PyJudge):
         subclass = attrs.get("subclass")
         if global_key(subclass):
             self._rec.record(subclass, Use.NEW, "joblib array subclass")
-        np = _numpy()
-        shape = attrs.get("shape")
-        if not isinstance(shape, (tuple, list)) or not all(isinstance(x, _LITERALS) for x in shape):
-            raise ScanError("joblib array shape is not a literal: its size cannot be followed")
-        dtype = _dtype(np, attrs.get("dtype"))
         try:
-            count = 1 if len(shape) == 0 else int(np.multiply.reduce([np.int64(x) for x in shape]))
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise ScanError(f"joblib array shape {shape[:8]!r}: {exc}") from None
-        if dtype.hasobject:
+            layout = array_layout(_encode(attrs.get("dtype"), 0), _encode(attrs.get("shape"), 0))
+        except NumpyCrashed:
+            raise ScanError(
+                "numpy crashes on this joblib array's dtype (joblib.load would crash too)"
+            ) from None
+        if "error" in layout:
+            raise ScanError(f"joblib array: numpy refuses it ({layout['error']})")
+        count, itemsize = int(layout["count"]), int(layout["itemsize"])
+        if layout["hasobject"]:
             inner = _PyJudge(self.feed, self._rec)
             return inner.load()
         align = attrs.get("numpy_array_alignment_bytes")
@@ -114,11 +112,11 @@ class _JoblibJudge(_PyJudge):
             length = int.from_bytes(pad, "little")
             if length:
                 self.feed.read(length)
-        if dtype.itemsize == 0:
+        if itemsize == 0:
             raise ScanError("joblib array of a zero-size dtype (joblib divides by it)")
         if count < 0:
             raise ScanError(f"joblib array of {count} elements (numpy.empty refuses)")
-        nbytes = count * dtype.itemsize
+        nbytes = joblib_bytes(count, itemsize)
         here = self.feed.tell()
         end = self.feed.seek(0, 2)
         if nbytes > end - here:
@@ -126,6 +124,16 @@ class _JoblibJudge(_PyJudge):
         self.feed.seek(here + nbytes)
         self._rec.check_time()
         return Made(self._rec, wrapper, (), {})
+
+
+def joblib_bytes(count: int, itemsize: int) -> int:
+    """The bytes ``read_array`` reads: chunks of ``BUFFER_SIZE // min(BUFFER_SIZE, itemsize)``
+    elements over ``range(0, count, that)``; a negative item size (a dtype state can set one)
+    makes the step negative and the loop read nothing."""
+    step = BUFFER_SIZE // min(BUFFER_SIZE, itemsize)
+    if step <= 0 or count <= 0:
+        return 0
+    return count * itemsize
 
 
 def _attributes(wrapper: Made) -> dict[str, Any]:
@@ -141,49 +149,35 @@ def _attributes(wrapper: Made) -> dict[str, Any]:
     return attrs
 
 
-def _numpy() -> Any:
-    try:
-        import numpy
-    except ImportError:
-        raise ScanError(
-            "joblib arrays need numpy to be followed: pip install 'trainguard[scan]'"
-        ) from None
-    return numpy
-
-
-def _dtype(np: Any, made: Any) -> Any:
-    """The real ``numpy.dtype`` joblib would hold, rebuilt from literal arguments only."""
-    if made_class(made) not in ("numpy.dtype", "numpy._core.multiarray.dtype"):
-        raise ScanError("joblib array dtype is not a numpy.dtype the pickle spelled out")
-    args = made.args
-    if not all(isinstance(a, _LITERALS) for a in args) or made.kwargs:
-        raise ScanError("joblib array dtype built from values computed at load time")
-    try:
-        dtype = np.dtype(*args)
-        for state in made.states:
-            dtype.__setstate__(_realize(np, state, 0))
-    except ScanError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - numpy refuses: joblib.load would fail here
-        raise ScanError(f"joblib array dtype: {type(exc).__name__}: {exc}"[:300]) from None
-    return dtype
-
-
-def _realize(np: Any, value: Any, depth: int) -> Any:
-    """A dtype state with its nested dtypes (structured fields) rebuilt as real ones."""
+def _encode(value: Any, depth: int) -> Any:
+    """A literal (or a numpy.dtype the pickle spelled out) as JSON for the numpy child."""
     if depth > 32:
-        raise ScanError("joblib array dtype nested too deep")
-    if isinstance(value, _LITERALS):
+        raise ScanError("joblib array description nested too deep")
+    if value is None or isinstance(value, (bool, int, float, str)):
         return value
-    if isinstance(value, tuple) and not isinstance(value, Made):
-        return tuple(_realize(np, v, depth + 1) for v in value)
-    if isinstance(value, list):
-        return [_realize(np, v, depth + 1) for v in value]
-    if isinstance(value, dict):
-        return {_realize(np, k, depth + 1): _realize(np, v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (bytes, bytearray)):
+        return {"$": "bytes", "hex": bytes(value[:4096]).hex()}
+    if made_class(value) in ("numpy.dtype", "numpy._core.multiarray.dtype"):
+        if value.kwargs:
+            raise ScanError("joblib array dtype built with keyword arguments")
+        return {
+            "$": "dtype",
+            "args": [_encode(a, depth + 1) for a in value.args],
+            "states": [_encode(st, depth + 1) for st in value.states],
+        }
     if isinstance(value, Made):
-        return _dtype(np, value)
-    raise ScanError("joblib array dtype state holds a value computed at load time")
+        raise ScanError("joblib array described by a value computed at load time")
+    if isinstance(value, tuple):
+        return {"$": "tuple", "items": [_encode(v, depth + 1) for v in value[:4096]]}
+    if isinstance(value, list):
+        return [_encode(v, depth + 1) for v in value[:4096]]
+    if isinstance(value, dict):
+        items = list(value.items())[:4096]
+        return {
+            "$": "dict",
+            "items": [[_encode(k, depth + 1), _encode(v, depth + 1)] for k, v in items],
+        }
+    raise ScanError(f"joblib array described by a {type(value).__name__}")
 
 
 def judge_joblib(feed: Feed, rec: Recorder) -> StreamResult:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from trainguard.errors import LimitExceeded, ScanError
 from trainguard.findings import Rule, Severity
-from trainguard.scan.judge import global_key
+from trainguard.scan.standins import global_key
 
 if TYPE_CHECKING:
     from trainguard.scan.engine import FileScan
