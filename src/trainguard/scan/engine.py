@@ -161,7 +161,7 @@ class FileScan:
         (the real loader has run everything before the break); with ``strict`` the break is
         then raised as a ``ScanError`` for the container to record.
         """
-        feed = open_feed(win, self.budget)
+        feed = open_feed(win, self.budget, view)
 
         def emit(rule: Rule, sev: Severity, msg: str, off: int | None, ev: dict[str, Any]) -> None:
             seen = (rule, msg, member)

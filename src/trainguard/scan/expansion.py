@@ -63,23 +63,28 @@ def _shared(root: Any) -> bool:
     """
     from trainguard.scan.standins import Made, Persisted
 
-    node = frozenset([list, tuple, dict, set, frozenset, Made, Persisted]).__contains__
-    made = frozenset([Made, Persisted]).__contains__
+    nodes_kinds = frozenset([list, tuple, dict, set, frozenset, Made, Persisted])
+    node = nodes_kinds.__contains__
     frontier: list[Any] = [root]
     while frontier:
         refs = gc.get_referents(*frontier)
-        nodes = list(compress(refs, map(node, map(type, refs))))
+        kinds = set(map(type, refs))
+        if kinds.isdisjoint(nodes_kinds):
+            return False  # only leaves below: nothing is shared
+        nodes = list(compress(refs, map(node, map(type, refs)))) if kinds - nodes_kinds else refs
         del refs
-        is_made = list(map(made, map(type, nodes)))
-        mades = list(compress(nodes, is_made))
-        found = list(compress(nodes, map(operator.not_, is_made))) if mades else nodes
-        del nodes, is_made
+        found, mades = nodes, []
+        if Made in kinds or Persisted in kinds:
+            is_made = list(map(frozenset([Made, Persisted]).__contains__, map(type, nodes)))
+            mades = list(compress(nodes, is_made))
+            found = list(compress(nodes, map(operator.not_, is_made)))
+        del nodes
         for group, alone in ((found, 3), (mades, 4)):
             if group and max(map(sys.getrefcount, group)) > alone:
                 counts = list(map(sys.getrefcount, group))
                 if any(c > alone and len(o) for o, c in zip(group, counts, strict=True)):
                     return True
-        frontier = found + mades
+        frontier = found + mades if mades else found
     return False
 
 

@@ -147,8 +147,16 @@ class FrameFeed:
 Feed = MemoryFeed | WindowFeed | FrameFeed
 
 
-def open_feed(win: Window, budget: Budget) -> Feed:
-    """The feed for the stream at ``win``'s position (in memory when it is small)."""
+def open_feed(win: Window, budget: Budget, view: str = "pickle") -> Feed:
+    """The feed for the stream at ``win``'s position, read as the loader of ``view`` reads.
+
+    Small streams and torch's views (``data.pkl`` comes to torch as an ``io.BytesIO``) are
+    read without ``peek``, through ``FrameFeed`` when a ``FRAME`` opcode can occur. A large
+    stream for ``pickle.load`` is read with ``peek`` (C's fast path) unless it starts with
+    a frame, as every framed pickle CPython writes does (``FrameFeed`` then reads it a frame
+    per call). Left over: a frame first met past the first MiB of an unframed large stream
+    is read as ``pickle.loads`` reads it (``load/`` refuses any global the scan missed).
+    """
     if len(win) <= IN_MEMORY:
         data = win.peek_at(0, len(win))
         if b"\x95" in data:
@@ -156,7 +164,9 @@ def open_feed(win: Window, budget: Budget) -> Feed:
             mem.seek(win.tell())
             return FrameFeed(mem, budget)
         return MemoryFeed(data, win.tell(), budget)
-    if _may_frame(win):
+    head = win.peek_at(win.tell(), 3)
+    framed = head[:1] == b"\x95" or (head[:1] == b"\x80" and head[2:3] == b"\x95")
+    if framed or (view != "pickle" and _may_frame(win)):
         return FrameFeed(win, budget)
     return WindowFeed(win, budget)
 

@@ -347,8 +347,11 @@ EXPANSION_LIMIT = 100_000_000
 """Tree-walked elements above which a result is an expansion bomb (when also more than
 ``EXPANSION_RATIO`` per byte of the stream)."""
 EXPANSION_RATIO = 100
-EXPANSION_CHECKED = 256 << 20
-"""Streams up to this size are checked (a bomb is small by nature)."""
+EXPANSION_CHECKED = 16 << 20
+"""Streams up to this size are checked: a bomb is a few hundred bytes by nature, and the
+check costs about as much as the load on a graph of millions of objects. A bomb padded past
+this size is not reported (it is a denial of service against whatever walks the result,
+not code execution)."""
 
 
 def _check_expansion(res: StreamResult, rec: Recorder) -> None:
