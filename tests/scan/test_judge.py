@@ -372,3 +372,14 @@ def test_joblib_byte_count_follows_numpy_and_joblib_arithmetic():
     assert wrap["count"] == 0
     assert joblib_bytes(12, 8) == 96
     assert joblib_bytes(5, -1) == 0  # joblib's chunk loop runs backwards: reads nothing
+
+
+def test_a_large_framed_stream_is_read_frame_by_frame_and_straddles_are_seen():
+    """Above the in-memory size the feed changes; a stream that starts framed (as every
+    framed pickle CPython writes does) is still read frame by frame, straddles included."""
+    filler = b"\x8e" + struct.pack("<Q", 2 << 20) + b"\x00" * (2 << 20) + b"0"  # BINBYTES8, POP
+    frame = filler + b"cos\nsys"
+    body = b"\x80\x04\x95" + struct.pack("<Q", len(frame)) + frame + b"tem\n(" + s1("id")
+    r = scan_bytes(body + b"tR.")
+    assert any(f.rule is Rule.DIFFERENTIAL for f in r.findings)
+    assert r.verdict is Verdict.UNSAFE

@@ -76,9 +76,13 @@ class WindowFeed:
         return win.read(size)
 
     def readinto(self, buffer: bytearray | memoryview) -> int:
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
+        try:
+            data = self.read(len(buffer))
+            buffer[: len(data)] = data
+            return len(data)
+        finally:
+            if isinstance(buffer, memoryview):
+                buffer.release()  # C frees the bytes behind it even when we raise
 
     def readline(self, size: int = -1) -> bytes:
         return self.win.readline(size)
@@ -126,9 +130,13 @@ class FrameFeed:
         return data
 
     def readinto(self, buffer: bytearray | memoryview) -> int:
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
+        try:
+            data = self.read(len(buffer))
+            buffer[: len(data)] = data
+            return len(data)
+        finally:
+            if isinstance(buffer, memoryview):
+                buffer.release()  # C frees the bytes behind it even when we raise
 
     def readline(self, size: int = -1) -> bytes:
         if self._state == 3:
@@ -150,13 +158,19 @@ Feed = MemoryFeed | WindowFeed | FrameFeed
 def open_feed(win: Window, budget: Budget, view: str = "pickle") -> Feed:
     """The feed for the stream at ``win``'s position, read as the loader of ``view`` reads.
 
-    Small streams and torch's views (``data.pkl`` comes to torch as an ``io.BytesIO``) are
-    read without ``peek``, through ``FrameFeed`` when a ``FRAME`` opcode can occur. A large
-    stream for ``pickle.load`` is read with ``peek`` (C's fast path) unless it starts with
-    a frame, as every framed pickle CPython writes does (``FrameFeed`` then reads it a frame
-    per call). Left over: a frame first met past the first MiB of an unframed large stream
-    is read as ``pickle.loads`` reads it (``load/`` refuses any global the scan missed).
+    Torch reads a zip's ``data.pkl`` from an ``io.BytesIO`` of the whole record, and a
+    legacy file from the open file (with ``peek``): so do we. Small streams for
+    ``pickle.load`` are read without ``peek``, through ``FrameFeed`` when a ``FRAME`` opcode can occur (a straddle is then reported). A large
+    stream is read with ``peek`` (C's fast path) unless it starts with a frame, as every
+    framed pickle CPython writes does (``FrameFeed`` then reads it a frame per call).
+    Left over: a frame first met past the first MiB of an unframed large stream is read as
+    ``pickle.loads`` reads it (``load/`` refuses any global the scan missed).
     """
+    if view == "torch":
+        # torch reads a zip's data.pkl from an io.BytesIO: exactly this, frames and all
+        return MemoryFeed(win.peek_at(0, len(win)), win.tell(), budget)
+    if view in ("torch-legacy", "torch-tar") and len(win) > IN_MEMORY:
+        return WindowFeed(win, budget)  # torch reads these from the open file, with peek
     if len(win) <= IN_MEMORY:
         data = win.peek_at(0, len(win))
         if b"\x95" in data:

@@ -176,9 +176,14 @@ def sorted_indices(entries: list[Entry]) -> list[int]:
     size = len(idx)
     if size <= 1:
         return idx
+    keys = [_lower(e.raw_name) for e in entries]
+    if len(set(keys)) == size:
+        # no two names equal without case: every sort gives miniz's order (the heap sort
+        # only decides between equal keys), and ``_less`` is bytes ``<`` on lowered names
+        return sorted(idx, key=keys.__getitem__)
 
     def less(i: int, j: int) -> bool:
-        return _less(entries[idx[i]].raw_name, entries[idx[j]].raw_name)
+        return keys[idx[i]] < keys[idx[j]]
 
     def sift(root: int, end: int) -> None:
         while (child := 2 * root + 1) < end:
