@@ -160,11 +160,12 @@ def open_feed(win: Window, budget: Budget, view: str = "pickle") -> Feed:
 
     Torch reads a zip's ``data.pkl`` from an ``io.BytesIO`` of the whole record, and a
     legacy file from the open file (with ``peek``): so do we. Small streams for
-    ``pickle.load`` are read without ``peek``, through ``FrameFeed`` when a ``FRAME`` opcode can occur (a straddle is then reported). A large
-    stream is read with ``peek`` (C's fast path) unless it starts with a frame, as every
-    framed pickle CPython writes does (``FrameFeed`` then reads it a frame per call).
-    Left over: a frame first met past the first MiB of an unframed large stream is read as
-    ``pickle.loads`` reads it (``load/`` refuses any global the scan missed).
+    ``pickle.load`` are read without ``peek``, through ``FrameFeed`` when a ``FRAME`` opcode
+    can occur (a straddle is then reported). A large stream is read with ``peek`` (C's fast
+    path) unless it starts with a frame, as every framed pickle CPython writes does
+    (``FrameFeed`` then reads it a frame per call). Left over: a frame first met past the
+    first MiB of an unframed large stream is read as ``pickle.loads`` reads it (``load/``
+    refuses any global the scan missed).
     """
     if view == "torch":
         # torch reads a zip's data.pkl from an io.BytesIO: exactly this, frames and all
