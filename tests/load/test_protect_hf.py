@@ -253,6 +253,17 @@ def test_non_seekable_stream_keeps_the_next_pickle(pipe_reader: Any) -> None:
         assert pickle.load(f) == [2]
 
 
+def test_non_seekable_stream_ends_where_cpython_ends_it(pipe_reader: Any) -> None:
+    """The pickle read ahead from a pipe is delimited by CPython's unpickler itself:
+    text integers that pickletools refuses (``I0x10``, ``I 1``) do not cut it short."""
+    first = b"(I0x10\nI 1\nI+2\nl."
+    assert pickle.loads(first) == [16, 1, 2]
+    f = pipe_reader(first + pickle.dumps("second"))
+    with trainguard.protected():
+        assert pickle.load(f) == [16, 1, 2]
+        assert pickle.load(f) == "second"
+
+
 def test_pickle_loads(tmp_path: Path) -> None:
     marker = tmp_path / "PWNED-pickle-loads"
     evil, clean = _evil_and_clean(marker)

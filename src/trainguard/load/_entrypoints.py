@@ -36,7 +36,6 @@ import functools
 import io
 import os
 import pickle
-import pickletools
 from collections.abc import Callable
 from typing import Any
 
@@ -82,10 +81,12 @@ def _outside(what: str) -> LoadBlocked:
 
 
 class _Recorder:
-    """Reads through to a stream and keeps what it read."""
+    """Reads through to a stream, keeps what it read, and counts where it is (no ``peek``:
+    the C unpickler then asks for exactly the bytes of each opcode)."""
 
-    def __init__(self, stream: Any, cap: int) -> None:
-        self.stream, self.cap, self.data = stream, cap, bytearray()
+    def __init__(self, stream: Any, limits: Limits) -> None:
+        self.stream, self.limits, self.data = stream, limits, bytearray()
+        self.cap = limits.max_member_bytes
 
     def _keep(self, chunk: bytes) -> bytes:
         self.data += chunk
@@ -99,17 +100,34 @@ class _Recorder:
     def readline(self, n: int = -1) -> bytes:
         return self._keep(self.stream.readline(n))
 
+    def readinto(self, buffer: memoryview) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def tell(self) -> int:
+        return len(self.data)
+
 
 def _one_pickle(stream: Any, limits: Limits) -> bytes:
     """Exactly one pickle's bytes from a stream that cannot seek back (a pipe, a socket), so
-    the stream is left where ``pickle.load`` leaves it and the next load still works."""
-    rec = _Recorder(stream, limits.max_member_bytes)
-    try:
-        for op, _arg, _pos in pickletools.genops(rec):  # type: ignore[arg-type]
-            if op.name == "STOP":
-                break
-    except ValueError:
-        pass  # truncated or garbage: the scan of what was read reports it
+    the stream is left where ``pickle.load`` leaves it and the next load still works.
+
+    The bytes are taken by CPython's own unpickler (the scanner's judge, with stand-ins:
+    nothing is imported or called), so they end exactly where ``pickle.load`` stops."""
+    from trainguard.scan.judge import judge_stream
+    from trainguard.scan.recorder import Recorder
+
+    rec = _Recorder(stream, limits)
+    ignore = Recorder(
+        emit=lambda *_: None,
+        nested=lambda *_: None,
+        arg_uses={},
+        loaders=frozenset(),
+        where=lambda: None,
+        check_time=lambda: None,
+    )
+    judge_stream(rec, ignore, "pickle")  # type: ignore[arg-type]  # errors: the scan reports
     return bytes(rec.data)
 
 
