@@ -136,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--big", action="store_true", help="also (b) 1 GB pickle and (c) 1 GiB .pt")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--timeout", type=float, default=600.0)
+    ap.add_argument("--only", default="", help="comma-separated subset of a,b,c")
     args = ap.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
     inputs = [("tokenizer", "tokenizer.pkl", build_tokenizer, "(a)")]
@@ -144,6 +145,14 @@ def main(argv: list[str] | None = None) -> int:
             ("small-objects", "small-objects.pkl", build_small_objects, "(b)"),
             ("checkpoint", "checkpoint.pt", build_checkpoint, "(c)"),
         ]
+    if args.only:
+        wanted = {f"({x.strip()})" for x in args.only.split(",")}
+        everything = [
+            ("tokenizer", "tokenizer.pkl", build_tokenizer, "(a)"),
+            ("small-objects", "small-objects.pkl", build_small_objects, "(b)"),
+            ("checkpoint", "checkpoint.pt", build_checkpoint, "(c)"),
+        ]
+        inputs = [i for i in everything if i[3] in wanted]
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, best of {args.repeat}")
     for kind, name, build, tag in inputs:
         path = args.workdir / name

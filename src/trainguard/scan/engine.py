@@ -8,6 +8,7 @@ member, so a payload elsewhere in the file is still found.
 
 from __future__ import annotations
 
+import contextlib
 import io
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from trainguard.findings import (
     verdict_of,
 )
 from trainguard.scan import allowlists
-from trainguard.scan.feed import FrameFeed, MemoryFeed, open_feed
+from trainguard.scan.feed import FrameFeed, MemoryFeed, memory_cap, open_feed
 from trainguard.scan.judge import LITERAL_GETATTR, Recorder, StreamResult, judge_stream
 from trainguard.scan.limits import Budget, Limits
 from trainguard.scan.policy import Policy, Status, canonical
@@ -76,6 +77,8 @@ class FileScan:
         self._sha256: str | None = None
         self._judged: dict[tuple[str | None, str], Use] = {}
         self._emitted: set[tuple[Rule, str, str | None]] = set()
+        self.cache: dict[Any, Any] = {}
+        """Readers' parses of one window, shared between the views of it (``zipped``)."""
         self._base = base
 
     # -- reporting ---------------------------------------------------------------------
@@ -129,7 +132,8 @@ class FileScan:
         self.budget.check_time()
         fmt = detect(win)
         try:
-            handler(fmt)(self, win, member, depth, top)
+            with memory_cap(self.limits) if top else contextlib.nullcontext():
+                handler(fmt)(self, win, member, depth, top)
         except LimitExceeded as exc:
             self.fail(exc, member)
         except ScanError as exc:

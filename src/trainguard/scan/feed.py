@@ -211,7 +211,10 @@ def _data_in_use() -> int | None:
 
 @contextlib.contextmanager
 def memory_cap(limits: Limits) -> Iterator[None]:
-    """Cap the data segment at its current size plus ``limits.max_memory`` for the block."""
+    """Cap the data segment at its current size plus ``limits.max_memory`` for the block.
+
+    Nested blocks (every stream of one file runs inside the file's block) keep the outer
+    cap and cost a counter."""
     if not sys.platform.startswith("linux"):
         yield
         return
@@ -220,7 +223,7 @@ def memory_cap(limits: Limits) -> Iterator[None]:
     with _cap_lock:
         _cap_depth[0] += 1
         outer = _cap_depth[0] == 1
-        saved = resource.getrlimit(resource.RLIMIT_DATA)
+        saved = resource.getrlimit(resource.RLIMIT_DATA) if outer else (0, 0)
         if outer:
             used = _data_in_use()
             soft, hard = saved

@@ -171,7 +171,7 @@ class _Views:
 
 
 def scan(ctx: FileScan, win: Window, member: str | None, depth: int, top: bool) -> None:
-    views = _Views(ctx, win, member)
+    views = _views(ctx, win, member)
     names = [i.filename for i in views.infos] or [e.name for e in views.mz or ()]
     kind = classify(names, views.torch)
     if top:
@@ -396,9 +396,20 @@ def _torch_layout(ctx: FileScan, torch: miniz.TorchArchive, member: str | None) 
         )
 
 
+def _views(ctx: FileScan, win: Window, member: str | None) -> _Views:
+    """Both readers' directories of ``win``, parsed once per window (the polyglot check
+    asks again for the same bytes)."""
+    key = ("zip-views", id(win))
+    found = ctx.cache.get(key)
+    if found is None:
+        found = ctx.cache[key] = (_Views(ctx, win, member), win)  # keep win: id stays unique
+    views: _Views = found[0]
+    return views
+
+
 def member_ranges(ctx: FileScan, win: Window) -> list[tuple[int, int]]:
     """Where the members of a zip at the start of ``win`` lie (empty if neither reader opens it)."""
     try:
-        return _Views(ctx, win, None).ranges()
+        return _views(ctx, win, None).ranges()
     except ScanError:
         return []
