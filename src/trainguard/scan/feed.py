@@ -31,7 +31,7 @@ import io
 import re
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from trainguard.errors import LimitExceeded
 from trainguard.scan.limits import Budget, Limits
@@ -61,6 +61,16 @@ class MemoryFeed(io.BytesIO):
         self.limits = budget.limits
 
 
+def _readinto(read: Callable[[int], bytes], buffer: bytearray | memoryview) -> int:
+    try:
+        data = read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+    finally:
+        if isinstance(buffer, memoryview):
+            buffer.release()  # C frees the bytes behind it even when we raise
+
+
 class WindowFeed:
     """A large stream read through a ``Window``, with ``peek`` for C's prefetching."""
 
@@ -76,13 +86,7 @@ class WindowFeed:
         return win.read(size)
 
     def readinto(self, buffer: bytearray | memoryview) -> int:
-        try:
-            data = self.read(len(buffer))
-            buffer[: len(data)] = data
-            return len(data)
-        finally:
-            if isinstance(buffer, memoryview):
-                buffer.release()  # C frees the bytes behind it even when we raise
+        return _readinto(self.read, buffer)
 
     def readline(self, size: int = -1) -> bytes:
         return self.win.readline(size)
@@ -130,13 +134,7 @@ class FrameFeed:
         return data
 
     def readinto(self, buffer: bytearray | memoryview) -> int:
-        try:
-            data = self.read(len(buffer))
-            buffer[: len(data)] = data
-            return len(data)
-        finally:
-            if isinstance(buffer, memoryview):
-                buffer.release()  # C frees the bytes behind it even when we raise
+        return _readinto(self.read, buffer)
 
     def readline(self, size: int = -1) -> bytes:
         if self._state == 3:
