@@ -383,3 +383,16 @@ def test_a_large_framed_stream_is_read_frame_by_frame_and_straddles_are_seen():
     r = scan_bytes(body + b"tR.")
     assert any(f.rule is Rule.DIFFERENTIAL for f in r.findings)
     assert r.verdict is Verdict.UNSAFE
+
+
+def test_a_leading_persid_never_runs_in_any_natural_loader():
+    """is_pickle's shortcut for files starting with "P" (every zip): both unpicklers refuse
+    a first PERSID before resolving anything, since no natural loader of a raw pickle has a
+    persistent_load."""
+    data = b"PK\x03\x04\ncos\nsystem\n(S'id'\ntR."
+    with pytest.raises(pickle.UnpicklingError):
+        pickle.loads(data)
+    with pytest.raises(pickle.UnpicklingError):
+        pickle._loads(data)
+    r = scan_bytes(data)
+    assert r.format != "pickle"

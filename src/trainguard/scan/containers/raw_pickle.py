@@ -59,7 +59,10 @@ def sniff(head: bytes, win: Window) -> str | None:
 def is_pickle(win: Window) -> bool:
     """True when CPython's unpickler makes sense of the bytes at ``win``'s position."""
     start = win.tell()
-    if not win.remaining:
+    if not win.remaining or win.peek_at(start, 1) == b"P":
+        # PERSID first: with no persistent_load (pickle.load, joblib.load, numpy.load, the
+        # first stream torch.load reads) both unpicklers refuse it before anything resolves.
+        # Every zip starts so ("PK").
         return False
     head = win.peek_at(start, SNIFF)
     found: list[Any] = []
