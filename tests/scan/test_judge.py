@@ -396,3 +396,17 @@ def test_a_leading_persid_never_runs_in_any_natural_loader():
         pickle._loads(data)
     r = scan_bytes(data)
     assert r.format != "pickle"
+
+
+def test_the_memory_cap_is_put_back_after_every_scan():
+    """The cap is process-wide while a file is judged: it must be exactly as before after a
+    clean scan, a bomb that hits it, and a scan that raises inside it."""
+    resource = pytest.importorskip("resource")
+    before = resource.getrlimit(resource.RLIMIT_DATA)
+    assert scan_bytes(pickle.dumps([1, 2, 3])).verdict is Verdict.SAFE
+    bomb = b"\x80\x04Nr\xff\xff\xff\x3f."
+    r = scan_bytes(bomb, limits=Limits(max_memory=64 << 20))
+    assert r.verdict is Verdict.ERROR
+    assert resource.getrlimit(resource.RLIMIT_DATA) == before
+    x = bytearray(256 << 20)  # more than that file's cap: allowed again afterwards
+    assert len(x) == 256 << 20
