@@ -229,6 +229,10 @@ class TorchArchive:
             raise ScanError("torch: archive does not contain any files")
         self.entries = entries
         self.order = sorted_indices(entries)
+        keys = {_lower(e.raw_name): e for e in entries}
+        self._unique = keys if len(keys) == len(entries) else None
+        """Lowered name -> entry when no two names collide: then miniz's binary search can
+        only land on that entry, and a dict finds it at C speed."""
         first = entries[0].raw_name
         if b"/" not in first:
             raise ScanError(f"torch: first record {entries[0].name!r} is not in a folder")
@@ -241,6 +245,8 @@ class TorchArchive:
 
     def record(self, name: str) -> Entry | None:
         """``get_record(name)``: the folder prefix, then miniz's case-insensitive lookup."""
+        if self._unique is not None:
+            return self._unique.get(_lower((self.prefix + name).encode("utf-8", "surrogateescape")))
         return locate(self.entries, self.order, self.prefix + name)
 
     def records(self) -> list[str]:
