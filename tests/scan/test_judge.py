@@ -34,15 +34,7 @@ def _messages(r) -> str:
 
 def _judged(data: bytes, view: str = "pickle") -> dict[str, str]:
     """global -> use, as the judge saw one stream."""
-    notes: list[object] = []
-    rec = Recorder(
-        emit=lambda *a: notes.append(a),
-        nested=lambda *a: None,
-        arg_uses={},
-        loaders=frozenset(),
-        where=lambda: None,
-        check_time=lambda: None,
-    )
+    rec = Recorder.silent()
     res = judge_stream(MemoryFeed(data, 0, Budget(Limits())), rec, view)
     return {k: g.uses.label for k, g in res.globals.items()}
 

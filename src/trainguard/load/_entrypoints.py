@@ -43,6 +43,7 @@ from trainguard.errors import LimitExceeded, LoadBlocked
 from trainguard.load import _protect, _restricted
 from trainguard.load._restricted import Allowed, Source, active, check, seekable, using, window
 from trainguard.scan import Limits
+from trainguard.scan.feed import readinto_by_read
 
 __all__ = ["TARGETS", "ProtectedPyUnpickler", "ProtectedUnpickler"]
 
@@ -101,9 +102,7 @@ class _Recorder:
         return self._keep(self.stream.readline(n))
 
     def readinto(self, buffer: memoryview) -> int:
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
+        return readinto_by_read(self.read, buffer)
 
     def tell(self) -> int:
         return len(self.data)
@@ -119,15 +118,7 @@ def _one_pickle(stream: Any, limits: Limits) -> bytes:
     from trainguard.scan.recorder import Recorder
 
     rec = _Recorder(stream, limits)
-    ignore = Recorder(
-        emit=lambda *_: None,
-        nested=lambda *_: None,
-        arg_uses={},
-        loaders=frozenset(),
-        where=lambda: None,
-        check_time=lambda: None,
-    )
-    judge_stream(rec, ignore, "pickle")  # type: ignore[arg-type]  # errors: the scan reports
+    judge_stream(rec, Recorder.silent(), "pickle")  # type: ignore[arg-type]  # errors: the scan reports
     return bytes(rec.data)
 
 

@@ -22,14 +22,14 @@ import sys
 from itertools import compress
 from typing import Any
 
+from trainguard.scan.standins import Made, Persisted
+
 __all__ = ["logical_size"]
 
 _LEAVES = frozenset([str, bytes, int, float, bool, type(None), complex, bytearray])
 
 
 def _children(obj: Any) -> list[Any]:
-    from trainguard.scan.standins import Made
-
     if isinstance(obj, Made):
         out: list[Any] = [obj.maker, *obj.args, *obj.kwargs.values(), *obj.states, *obj.items]
         return out
@@ -39,8 +39,6 @@ def _children(obj: Any) -> list[Any]:
 
 
 def _is_node(obj: Any) -> bool:
-    from trainguard.scan.standins import Made
-
     return type(obj) in (list, tuple, dict, set, frozenset) or isinstance(obj, Made)
 
 
@@ -61,8 +59,6 @@ def _shared(root: Any) -> bool:
     argument of ``getrefcount``); a made object one more (its own spread token). Anything
     else holding it only raises the count, so a false "shared" costs time, never a miss.
     """
-    from trainguard.scan.standins import Made, Persisted
-
     nodes_kinds = frozenset([list, tuple, dict, set, frozenset, Made, Persisted])
     node = nodes_kinds.__contains__
     frontier: list[Any] = [root]

@@ -45,6 +45,7 @@ __all__ = [
     "WindowFeed",
     "memory_cap",
     "open_feed",
+    "readinto_by_read",
 ]
 
 IN_MEMORY = 1 << 20
@@ -61,7 +62,8 @@ class MemoryFeed(io.BytesIO):
         self.limits = budget.limits
 
 
-def _readinto(read: Callable[[int], bytes], buffer: bytearray | memoryview) -> int:
+def readinto_by_read(read: Callable[[int], bytes], buffer: bytearray | memoryview) -> int:
+    """``readinto`` for a reader that only has ``read``, as the C unpickler calls it."""
     try:
         data = read(len(buffer))
         buffer[: len(data)] = data
@@ -86,7 +88,7 @@ class WindowFeed:
         return win.read(size)
 
     def readinto(self, buffer: bytearray | memoryview) -> int:
-        return _readinto(self.read, buffer)
+        return readinto_by_read(self.read, buffer)
 
     def readline(self, size: int = -1) -> bytes:
         return self.win.readline(size)
@@ -134,7 +136,7 @@ class FrameFeed:
         return data
 
     def readinto(self, buffer: bytearray | memoryview) -> int:
-        return _readinto(self.read, buffer)
+        return readinto_by_read(self.read, buffer)
 
     def readline(self, size: int = -1) -> bytes:
         if self._state == 3:
@@ -179,19 +181,9 @@ def open_feed(win: Window, budget: Budget, view: str = "pickle") -> Feed:
         return MemoryFeed(data, win.tell(), budget)
     head = win.peek_at(win.tell(), 3)
     framed = head[:1] == b"\x95" or (head[:1] == b"\x80" and head[2:3] == b"\x95")
-    if framed or (view != "pickle" and _may_frame(win)):
+    if framed:
         return FrameFeed(win, budget)
     return WindowFeed(win, budget)
-
-
-def _may_frame(win: Window) -> bool:
-    pos = win.tell()
-    chunk = 1 << 22
-    while pos < len(win):
-        if b"\x95" in win.peek_at(pos, chunk):
-            return True
-        pos += chunk
-    return False
 
 
 _cap_lock = threading.RLock()

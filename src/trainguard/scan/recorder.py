@@ -78,6 +78,19 @@ class Recorder:
         self._types: dict[tuple[str, str, str, str], type] = {}
         self._events = 0
 
+    @classmethod
+    def silent(cls) -> Recorder:
+        """A recorder that only collects globals: no findings, no nested scans, no clock
+        (for asking CPython whether bytes are a pickle, or where one ends)."""
+        return cls(
+            emit=lambda *_: None,
+            nested=lambda *_: None,
+            arg_uses={},
+            loaders=frozenset(),
+            where=lambda: None,
+            check_time=lambda: None,
+        )
+
     def check_budget(self) -> None:
         self._events += 1
         if not self._events % 1024:
@@ -222,7 +235,6 @@ _HOOK_ARGS = {
     "torch._utils._rebuild_parameter": 2,
     "torch._utils._rebuild_parameter_with_state": 2,
     "torch._utils._rebuild_qtensor": 6,
-    "torch._utils._rebuild_sparse_tensor": 99,
 }
 """Position of ``backward_hooks`` in torch's rebuild functions: torch sets it on the tensor
 as is, so any hook in it runs at the next ``backward()``."""

@@ -23,7 +23,7 @@ name ``import`` could find, or ran out of head bytes while parsing.
 from __future__ import annotations
 
 import io
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from trainguard.errors import LimitExceeded
 from trainguard.findings import Rule, Severity
@@ -65,19 +65,7 @@ def is_pickle(win: Window) -> bool:
         # Every zip starts so ("PK").
         return False
     head = win.peek_at(start, SNIFF)
-    found: list[Any] = []
-
-    def note(*args: Any) -> None:
-        found.append(args)
-
-    rec = Recorder(
-        emit=note,
-        nested=lambda *_: None,
-        arg_uses={},
-        loaders=frozenset(),
-        where=lambda: None,
-        check_time=lambda: None,
-    )
+    rec = Recorder.silent()
     budget = Budget(Limits(max_seconds=10.0))
     feed: MemoryFeed | FrameFeed = MemoryFeed(head, 0, budget)
     if b"\x95" in head:
