@@ -24,6 +24,10 @@ A load nested in another protected load (numpy's and joblib's object arrays) use
 enclosing file's table: those bytes are part of the file that was scanned. A subclass of
 ``pickle.Unpickler`` defined after ``protect()`` inherits the restricted ``find_class``.
 
+The job's own plumbing (the spawn bootstrap, torchrun's rendezvous state, torch.compile's
+worker pool and cache) is recognised by the function that calls ``pickle.load``/``loads``
+and unpickled on that caller's terms only (``trainguard.load._ipc``).
+
 Not coverable: a loader bound before ``protect()`` ran (``from pickle import loads``, a
 subclass of ``pickle.Unpickler`` defined earlier, ``multiprocessing``'s ``ForkingPickler``
 on purpose: DataLoader workers' batches are the process's own) keeps the original.
@@ -36,11 +40,12 @@ import functools
 import io
 import os
 import pickle
+import sys
 from collections.abc import Callable
 from typing import Any
 
 from trainguard.errors import LimitExceeded, LoadBlocked
-from trainguard.load import _protect, _restricted
+from trainguard.load import _ipc, _protect, _restricted
 from trainguard.load._restricted import Allowed, Source, active, check, seekable, using, window
 from trainguard.scan import Limits
 from trainguard.scan.feed import readinto_by_read
@@ -218,6 +223,9 @@ def _load_with(cls: type) -> Factory:
         def load(file: Any, *args: Any, **kwargs: Any) -> Any:
             if _protect.settings() is None:
                 return real(file, *args, **kwargs)
+            route = _ipc.recognise(sys._getframe(1), file)
+            if route is not None:
+                return route.load(file, _protect.sink(), *args, **kwargs)
             return cls(file, *args, **kwargs).load()
 
         return _mark(load, real)
@@ -231,6 +239,9 @@ def _loads_with(cls: type) -> Factory:
         def loads(data: Any, /, *args: Any, **kwargs: Any) -> Any:
             if _protect.settings() is None:
                 return real(data, *args, **kwargs)
+            route = _ipc.recognise(sys._getframe(1), data)
+            if route is not None:
+                return route.load(io.BytesIO(data), _protect.sink(), *args, **kwargs)
             return cls(io.BytesIO(data), *args, **kwargs).load()
 
         return _mark(loads, real)

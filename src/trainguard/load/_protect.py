@@ -66,6 +66,12 @@ def settings() -> Settings | None:
     return _state.settings if _state.depth else None
 
 
+def sink() -> Callable[[Finding], None] | None:
+    """Where findings of the active protection go (None when unprotected or unset)."""
+    current = settings()
+    return current.sink if current is not None else None
+
+
 def depth() -> int:
     return _state.depth
 
