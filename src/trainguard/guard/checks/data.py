@@ -9,41 +9,47 @@ function of state the guard can read: the RNG state just before the sampler draw
 ``torch.randperm`` and ``torch.Generator`` (taken when this module is imported) and
 compares every index as the loader draws it. An attacker who patches torch *before* this
 module is imported poisons both sides; that is out of reach of any in-process check.
+accelerate's ``SeedableRandomSampler`` (every Hugging Face ``Trainer``) is recomputed the
+same way, from ``initial_seed`` and an epoch the check counts itself; its
+``BatchSamplerShard`` and ``SkipBatchSampler`` are replayed over the batches they wrap
+(``accelerate_sampler`` and ``accelerate_batches`` say what each trusts).
 
 How it attaches: a recording proxy replaces the object that yields indices in the main
 process (worker processes only receive indices, so ``num_workers > 0`` is covered):
 ``batch_sampler.sampler`` of a standard ``BatchSampler``, or the loader's ``sampler``
-itself when ``batch_size=None``. The proxy answers ``isinstance`` like the sampler it
-wraps, delegates every attribute (``set_epoch``, ``epoch``...), pickles as the original,
-and ``close()`` puts the original back.
+itself when ``batch_size=None``; under accelerate's wrappers a second proxy replaces the
+loader's ``batch_sampler``, and what it yields is what is fingerprinted. accelerate's
+``DataLoaderShard`` is looked through to the ``DataLoader`` it iterates. The proxy
+answers ``isinstance`` like the sampler it wraps, delegates every attribute
+(``set_epoch``, ``epoch``...), pickles as the original, and ``close()`` puts the
+original back.
 
 Steps: an index is attributed to the optimizer step that was running when the loader
 drew it (``guard.steps + 1``: the batch drawn after step ``t`` trains step ``t + 1``).
 With ``num_workers > 0`` the loader draws ``num_workers * prefetch_factor`` batches
 ahead, so an alert may come that many steps *before* the bad batch trains.
 
-Limits: a sampler whose epoch never advances (``set_epoch`` not called, or patched to do
-nothing) repeats its order honestly as far as this check can tell; a thread drawing from
-the global CPU RNG in the microseconds between the snapshot and a ``RandomSampler``'s
-seed draw would make the snapshot stale; a ``DistributedSampler`` whose dataset changed
-length after it was built is flagged, because its cached sizes then drop samples.
+Limits: a torch sampler whose epoch never advances (``set_epoch`` not called, or patched
+to do nothing) repeats its order honestly as far as this check can tell; a thread
+drawing from the global CPU RNG in the microseconds between the snapshot and a
+``RandomSampler``'s seed draw would make the snapshot stale; a ``DistributedSampler``
+whose dataset changed length after it was built is flagged, because its cached sizes
+then drop samples. A sampler replaced behind the guard's recorder is not watched again
+(under accelerate's wrappers the replay notices that no batches were produced for it).
 
-Fingerprints, for a later replay: a keyed BLAKE2b of each batch's indices, and a keyed
-projection of the tensors handed to ``guard.step(batch=...)`` (two tensor operations per
-tensor, computed where the tensor lives, read back once per event, equal on every
-device), recorded as ``data.fingerprints`` events. Samplers that cannot be recomputed
+Fingerprints, for a later replay (``data_contents``): a keyed BLAKE2b of each batch's
+indices, and a keyed projection of the tensors handed to ``guard.step(batch=...)``,
+recorded as ``data.fingerprints`` events. Samplers that cannot be recomputed
 are fingerprinted only, with one ``data.unverified`` event saying which and why.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import math
 import struct
 import threading
 import traceback
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from itertools import islice
 from typing import Any
 
@@ -54,21 +60,34 @@ from torch.utils.data import (
 )
 
 from trainguard.findings import Rule, Severity
+from trainguard.guard.checks.accelerate_batches import BatchModel, BatchPass, batch_model
+from trainguard.guard.checks.accelerate_sampler import (
+    SeedableOrder,
+    dispatcher_reason,
+    drawing_loader,
+    seedable_order,
+)
 from trainguard.guard.checks.base import Check, GuardContext, StepInfo
+from trainguard.guard.checks.data_contents import Projector, hex_digest, index_digest, read_back
 from trainguard.guard.checks.sampler_order import (
     Plan,
+    equal,
+    plain,
+    plain_batch,
     plan_for,
+    same,
     standard_batch_sampler,
     unverified_reason,
 )
+from trainguard.guard.checks.sampler_proxy import SamplerProxy
 
 __all__ = ["DataCheck"]
 
 log = logging.getLogger("trainguard.guard")
 
-_Generator = torch.Generator  # captured at import, as in sampler_order
 _MAX_WINDOW = 4096  # digests buffered before an event is written regardless of steps
 _WHERE = "dataloader.sampler"
+_WHERE_BATCHES = "dataloader.batch_sampler"
 
 
 class DataCheck(Check):
@@ -83,11 +102,15 @@ class DataCheck(Check):
 
     def __init__(self, *, content_bytes: int = 1 << 20) -> None:
         self.content_bytes = content_bytes
-        self._projector: _Projector | None = None
+        self._projector: Projector | None = None
         self._ctx: GuardContext | None = None
         self._key = b""
         self._closed = False
-        self._installed: tuple[Any, str, Any, Any, bool] | None = None
+        self._installed: list[tuple[Any, str, Any, Any, bool]] = []
+        self._seedable: SeedableOrder | None = None  # accelerate's sampler, if that is it
+        self._batches: BatchModel | None = None  # accelerate's batch-sampler wrappers
+        self._tap: BatchPass | None = None  # the wrappers' replay of the current pass
+        self._wrapped_passes = 0
         self._group = 1
         self._drop_tail = False
         self._passes = 0
@@ -103,7 +126,7 @@ class DataCheck(Check):
     def attach(self, ctx: GuardContext) -> None:
         self._ctx = ctx
         self._key = bytes(ctx.key[:64])
-        self._projector = _Projector(bytes(ctx.key), self.content_bytes)
+        self._projector = Projector(bytes(ctx.key), self.content_bytes)
         loader = ctx.dataloader
         if loader is None:
             return
@@ -113,6 +136,10 @@ class DataCheck(Check):
         if isinstance(loader.dataset, IterableDataset):
             self._note(loader.dataset, "iterable dataset: it orders itself, no sampler to check")
             return
+        reason = dispatcher_reason(loader)
+        if reason:
+            self._note(loader, reason)
+        loader = drawing_loader(loader)  # accelerate's wrappers draw from an inner loader
         outer = loader.batch_sampler
         if outer is None:  # batch_size=None: the sampler yields the indices itself
             self._install(loader, "sampler", loader.sampler, index=True)
@@ -120,10 +147,14 @@ class DataCheck(Check):
         standard = standard_batch_sampler(outer)
         if standard is None:
             self._note(outer, "custom batch sampler: order not verified, batches fingerprinted")
-            self._install(loader, "batch_sampler", outer, index=False)
+            self._install(loader, "batch_sampler", outer, watch=self._watch_batches)
             return
         if standard is not outer:
-            self._note(outer, "batch sampler with its own __iter__: its sampler is verified")
+            model = batch_model(outer, standard)
+            if isinstance(model, str):
+                self._note(outer, model)
+            elif self._install(loader, "batch_sampler", outer, watch=self._watch_wrapped):
+                self._batches = model
         size = standard.batch_size
         self._group = size if isinstance(size, int) and size > 0 else 1
         self._drop_tail = bool(standard.drop_last)
@@ -141,9 +172,8 @@ class DataCheck(Check):
 
     def close(self, ctx: GuardContext) -> None:
         self._closed = True
-        installed, self._installed = self._installed, None
-        if installed is not None:
-            owner, attr, original, proxy, on_loader = installed
+        installed, self._installed = self._installed, []
+        for owner, attr, original, proxy, on_loader in reversed(installed):
             if getattr(owner, attr, None) is proxy:  # leave a later replacement alone
                 if on_loader:
                     object.__setattr__(owner, attr, original)
@@ -156,11 +186,18 @@ class DataCheck(Check):
 
     # -- installing --------------------------------------------------------------------
 
-    def _install(self, owner: Any, attr: str, original: Any, *, index: bool) -> None:
+    def _install(
+        self,
+        owner: Any,
+        attr: str,
+        original: Any,
+        *,
+        index: bool = False,
+        watch: Callable[[Any], Iterator[Any]] | None = None,
+    ) -> bool:
         """Put the proxy in place; ``DataLoader`` forbids ``setattr`` of its samplers
         after ``__init__``, so the loader's own attributes are set under it."""
-        watch = self._watch_indices if index else self._watch_batches
-        proxy = _SamplerProxy(original, watch)
+        proxy = SamplerProxy(original, self._watch_indices if watch is None else watch)
         on_loader = isinstance(owner, DataLoader)
         try:
             if on_loader:
@@ -169,16 +206,24 @@ class DataCheck(Check):
                 setattr(owner, attr, proxy)
         except (AttributeError, TypeError, ValueError) as exc:
             self._note(original, f"could not install the recorder: {exc}")
-            return
-        self._installed = (owner, attr, original, proxy, on_loader)
+            return False
         if on_loader and getattr(owner, "_index_sampler", None) is not proxy:
             object.__setattr__(owner, attr, original)  # this torch draws from elsewhere
-            self._installed = None
             self._note(original, "the loader does not draw from the replaced sampler")
-        elif index:
-            reason = unverified_reason(original)
+            return False
+        self._installed.append((owner, attr, original, proxy, on_loader))
+        if index:
+            self._seedable = seedable_order(original)  # reads what it trusts, now
+            reason = self._reason(original)
             if reason:
                 self._note(original, reason)
+        return True
+
+    def _reason(self, sampler: Any) -> str:
+        seedable = self._seedable
+        if seedable is not None and seedable.sampler is sampler:
+            return seedable.reason
+        return unverified_reason(sampler)
 
     def _note(self, obj: Any, reason: str) -> None:
         name = _class_name(obj)
@@ -194,9 +239,12 @@ class DataCheck(Check):
         plan: Plan | None = None
         if not self._closed:
             try:
-                reason = unverified_reason(inner)
+                reason = self._reason(inner)
+                seedable = self._seedable
                 if reason:
                     self._note(inner, reason)
+                elif seedable is not None and seedable.sampler is inner:
+                    plan = seedable.plan()
                 else:
                     plan = plan_for(inner)
             except Exception as exc:  # noqa: BLE001 - never break the loader; report instead
@@ -205,6 +253,46 @@ class DataCheck(Check):
 
     def _watch_batches(self, inner: Any) -> Iterator[Any]:
         return self._stream(iter(inner), None, _class_name(inner), batches=True)
+
+    def _watch_wrapped(self, inner: Any) -> Iterator[Any]:
+        it: Iterator[Any] = iter(inner)
+        model = self._batches
+        if self._closed or model is None:
+            return it
+        epoch, self._wrapped_passes = self._wrapped_passes, self._wrapped_passes + 1
+        return self._wrapped(it, model.start(), _class_name(inner), epoch)
+
+    def _wrapped(
+        self, it: Iterator[Any], replay: BatchPass, name: str, epoch: int
+    ) -> Iterator[Any]:
+        """The batches accelerate's wrappers hand this process, each compared with the
+        replay of the wrappers over the stock batch sampler's batches (``_take`` feeds
+        it while the wrappers pull them) and recorded; one alert per pass."""
+        self._tap = replay
+        alive, count = True, 0
+        for batch in it:
+            if not self._closed:
+                if alive:
+                    found = self._replayed(replay, "check", batch)
+                    if found is not None:
+                        alive = False
+                        self._batch_alert(replay, name, epoch, count, batch, *found)
+                self._record([batch], True)
+            count += 1
+            yield batch
+        if alive and not self._closed:
+            found = self._replayed(replay, "leftover", None)
+            if found is not None:
+                self._batch_alert(replay, name, epoch, count, None, *found)
+        if self._tap is replay:
+            self._tap = None
+
+    def _replayed(self, replay: BatchPass, what: str, batch: Any) -> tuple[str, Any] | None:
+        try:
+            return replay.check(batch) if what == "check" else replay.leftover()
+        except Exception as exc:  # noqa: BLE001 - report, let the loader go on
+            self._internal_error("replay", exc)
+            return None
 
     def _stream(
         self, it: Iterator[Any], plan: Plan | None, name: str, *, batches: bool
@@ -220,6 +308,7 @@ class DataCheck(Check):
             yield from it
             return
         epoch = self._new_pass()
+        whole = plan
         size = 1 if batches else self._group
         group: list[Any] = []
         pos = base = 0  # base: the position of exp[0]
@@ -237,10 +326,10 @@ class DataCheck(Check):
             if len(group) >= size:
                 if plan is not None:
                     start = pos - len(group)
-                    if not _equal(group, exp[start - base : pos - base]):
+                    if not equal(group, exp[start - base : pos - base]):
                         self._mismatch(plan, name, epoch, start, group, exp[start - base :])
                         plan = None  # one alert per epoch
-                self._record(group, batches)
+                self._take(group, batches)
                 group = []
             if len(got) < want:
                 break
@@ -254,11 +343,15 @@ class DataCheck(Check):
             start = pos - len(group)
             rest = exp[start - base :]
             if plan is not None and (
-                not _equal(group, rest[: len(group)]) or len(rest) > len(group)
+                not equal(group, rest[: len(group)]) or len(rest) > len(group)
             ):
                 self._mismatch(plan, name, epoch, start, group, rest)
+        if whole is not None:
+            whole.finish()  # the sampler ran to its end
         if group and not self._drop_tail and not self._closed:
-            self._record(group, batches)
+            self._take(group, batches)
+        if not batches and not self._closed:
+            self._take(None, batches)  # the end, for the wrappers' replay
         yield from got
 
     def _extend(
@@ -287,10 +380,25 @@ class DataCheck(Check):
             self._window_epoch = epoch
         return epoch
 
+    def _take(self, group: list[Any] | None, batches: bool) -> None:
+        """Record a batch (``None``: the pass ended); under accelerate's wrappers, hand
+        it to their replay instead: what they yield is what this process trains on, and
+        is recorded there."""
+        tap = None if batches else self._tap
+        try:
+            if tap is not None and group is not None:
+                tap.add(group)
+            elif tap is not None:
+                tap.end()
+            elif group is not None:
+                self._record(group, batches)
+        except Exception as exc:  # noqa: BLE001 - report, let the loader go on
+            self._internal_error("replay", exc)
+
     def _record(self, group: list[Any], batches: bool) -> None:
         try:
             items = list(group[0]) if batches else group
-            digest = _index_digest(items, self._key)
+            digest = index_digest(items, self._key)
             step = self._next_step()
             with self._lock:
                 self._digests.append(digest)
@@ -313,7 +421,7 @@ class DataCheck(Check):
                 (
                     i
                     for i in range(max(len(got), len(want)))
-                    if i >= len(got) or i >= len(want) or not _same(got[i], want[i])
+                    if i >= len(got) or i >= len(want) or not same(got[i], want[i])
                 ),
                 0,
             )
@@ -324,8 +432,8 @@ class DataCheck(Check):
             evidence: dict[str, Any] = {
                 "epoch": epoch,
                 "position": pos,
-                "expected": _plain(expected),
-                "actual": _plain(actual),
+                "expected": plain(expected),
+                "actual": plain(actual),
                 "kind": kind,
                 "sampler": name,
             }
@@ -336,6 +444,36 @@ class DataCheck(Check):
                 f"the sampler's order differs from its recomputation at epoch {epoch} "
                 f"position {pos}: expected {expected!r}, got {actual!r} ({kind})",
                 where=_WHERE,
+                evidence=evidence,
+                step=self._next_step(),
+            )
+        except Exception as exc:  # noqa: BLE001 - report, let the loader go on
+            self._internal_error("alert", exc)
+
+    def _batch_alert(
+        self, replay: BatchPass, name: str, epoch: int, pos: int, got: Any, kind: str, want: Any
+    ) -> None:
+        """Batch ``pos`` of accelerate's wrappers was ``got`` where ``want`` was due
+        (``None``: nothing was due, or nothing came)."""
+        if self._ctx is None or self._closed:
+            return
+        try:
+            expected, actual = plain_batch(want), plain_batch(got)
+            evidence: dict[str, Any] = {
+                "epoch": epoch,
+                "batch": pos,
+                "expected": expected,
+                "actual": actual,
+                "kind": kind,
+                "sampler": name,
+            }
+            evidence.update(replay.evidence)
+            self._ctx.emit(
+                Rule.DATA_ORDER,
+                Severity.HIGH,
+                f"the batches of {name} differ from their recomputation at epoch {epoch} "
+                f"batch {pos}: expected {expected!r:.200}, got {actual!r:.200} ({kind})",
+                where=_WHERE_BATCHES,
                 evidence=evidence,
                 step=self._next_step(),
             )
@@ -359,11 +497,11 @@ class DataCheck(Check):
             contents = self._contents
             self._digests, self._digest_steps, self._contents = [], [], []
         if contents:  # one read-back per device per event, never one per step
-            values = iter(_read_back([t for c in contents for t in c[2]]))
+            values = iter(read_back([t for c in contents for t in c[2]]))
             rows = []
             for step, layout, digests in contents:
                 numbers = struct.pack(f"<{len(digests)}q", *islice(values, len(digests)))
-                rows.append([step, _hex(self._key, layout + numbers)])
+                rows.append([step, hex_digest(self._key, layout + numbers)])
             evidence["contents"] = rows
         if self._ctx is not None:
             self._ctx.event("data.fingerprints", evidence)
@@ -383,141 +521,6 @@ class DataCheck(Check):
             log.exception("trainguard data check could not report its own failure")
 
 
-class _SamplerProxy:
-    """Stands where the sampler stood; every use but ``__iter__`` goes to the original.
-
-    ``__class__`` answers with the original's class so ``isinstance`` checks in user
-    code and frameworks (accelerate looks for its sampler classes) keep working; pickling
-    and copying produce the original, never the proxy.
-    """
-
-    __slots__ = ("_tg_inner", "_tg_watch")
-    _tg_inner: Any
-    _tg_watch: Callable[[Any], Iterator[Any]]
-
-    def __init__(self, inner: Any, watch: Callable[[Any], Iterator[Any]]) -> None:
-        object.__setattr__(self, "_tg_inner", inner)
-        object.__setattr__(self, "_tg_watch", watch)
-
-    @property  # type: ignore[misc]
-    def __class__(self) -> type[Any]:
-        return type(self._tg_inner)
-
-    def __iter__(self) -> Iterator[Any]:
-        return self._tg_watch(self._tg_inner)
-
-    def __len__(self) -> int:
-        return len(self._tg_inner)
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_tg_"):
-            raise AttributeError(name)
-        return getattr(self._tg_inner, name)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        setattr(self._tg_inner, name, value)
-
-    def __delattr__(self, name: str) -> None:
-        delattr(self._tg_inner, name)
-
-    def __reduce_ex__(self, protocol: Any) -> Any:
-        return self._tg_inner.__reduce_ex__(protocol)
-
-    def __repr__(self) -> str:
-        return f"<trainguard recorder of {self._tg_inner!r}>"
-
-
-# -- fingerprints ----------------------------------------------------------------------
-
-
-def _index_digest(items: list[Any], key: bytes) -> str:
-    try:
-        return _hex(key, b"q" + struct.pack(f"<{len(items)}q", *items))
-    except (struct.error, TypeError, OverflowError, ValueError):  # not plain int indices
-        return _hex(key, b"r" + repr(items).encode())
-
-
-class _Projector:
-    """Keyed projections of batch tensors: ``sum(x_i * r_i)`` over the tensor's bits
-    read as int32 (products wrap mod 2^32, the sum is int64), with ``r`` secret odd
-    integers. Integer arithmetic is exact and order-free, so CPU and GPU agree; one
-    changed element always changes the sum, and cancelling changes need ``r``. A tensor
-    over the budget is read on an even stride (recorded in the layout)."""
-
-    def __init__(self, key: bytes, budget: int) -> None:
-        self.limit = max(1, budget // 4)
-        seed = int.from_bytes(hashlib.blake2b(key, digest_size=8, person=b"tg.data").digest())
-        g = _Generator()
-        g.manual_seed(seed & ((1 << 63) - 1))
-        r = torch.randint(-(2**31), 2**31 - 1, (self.limit,), generator=g, dtype=torch.int64)
-        self._r = {torch.device("cpu"): (r | 1).to(torch.int32)}
-
-    def batch(self, batch: Any) -> tuple[bytes, list[torch.Tensor]] | None:
-        """The layout (names, dtypes, shapes, strides) of the tensors in a batch (nested
-        lists, tuples, mappings) and their projections, left on their devices."""
-        tensors: list[torch.Tensor] = []
-        layout: list[str] = []
-        _collect(batch, tensors, layout, 0)
-        if not tensors:
-            return None
-        digests = []
-        for t in tensors:
-            try:
-                x = _int32(t.detach().reshape(-1))
-                stride = max(1, math.ceil(x.numel() / self.limit))
-                x = x[::stride]
-                r = self._r.get(x.device)
-                if r is None:
-                    r = self._r[x.device] = self._r[torch.device("cpu")].to(x.device)
-                digests.append((x * r[: x.numel()]).sum(dtype=torch.int64))
-                layout.append(f"/{stride}")
-            except (RuntimeError, TypeError):  # sparse, quantized, meta tensors
-                layout.append("/unhashed")
-        return "|".join(layout).encode(), digests
-
-
-def _int32(flat: torch.Tensor) -> torch.Tensor:
-    """The bits of a flat tensor as int32 (bytes widened when the size is not a multiple
-    of 4)."""
-    if flat.dtype == torch.bool:
-        flat = flat.view(torch.uint8)
-    if flat.numel() * flat.element_size() % 4:
-        return flat.contiguous().view(torch.uint8).to(torch.int32)
-    try:
-        return flat.view(torch.int32)
-    except RuntimeError:  # a storage offset not aligned to 4 bytes
-        return flat.clone().view(torch.int32)
-
-
-def _collect(obj: Any, tensors: list[torch.Tensor], layout: list[str], depth: int) -> None:
-    if isinstance(obj, torch.Tensor):
-        tensors.append(obj)
-        layout.append(f"{obj.dtype}{tuple(obj.shape)}")
-    elif depth < 4 and isinstance(obj, Mapping):
-        for k, v in list(obj.items())[:256]:
-            layout.append(repr(k)[:100])
-            _collect(v, tensors, layout, depth + 1)
-    elif depth < 4 and isinstance(obj, list | tuple):
-        for v in obj[:256]:
-            _collect(v, tensors, layout, depth + 1)
-
-
-def _read_back(values: list[torch.Tensor]) -> list[int]:
-    """0-d tensors to ints with one transfer per device."""
-    out = [0] * len(values)
-    by_device: dict[Any, list[int]] = {}
-    for i, v in enumerate(values):
-        by_device.setdefault(v.device, []).append(i)
-    for where in by_device.values():
-        for i, number in zip(where, torch.stack([values[i] for i in where]).tolist(), strict=True):
-            out[i] = int(number)
-    return out
-
-
-def _hex(key: bytes, data: bytes) -> str:
-    return hashlib.blake2b(data, key=key, digest_size=16).hexdigest()
-
-
 # -- small helpers ---------------------------------------------------------------------
 
 
@@ -525,33 +528,6 @@ def _completed(ctx: Any) -> int:
     """Optimizer steps completed (``Guard.steps``; ``current_step`` for other contexts)."""
     steps = getattr(ctx, "last_step", None)
     return int(steps if steps is not None else ctx.current_step)
-
-
-def _same(item: Any, want: Any) -> bool:
-    try:
-        return type(item) is not bool and bool(item == want) and int(item) == want
-    except Exception:  # noqa: BLE001 - a hostile item may raise anything: not equal
-        return False
-
-
-def _equal(got: list[Any], want: list[Any]) -> bool:
-    """List equality at C speed; equal values select the same sample, whatever their
-    int-like type. Items that cannot be compared plainly go through ``_same``."""
-    if len(got) != len(want):
-        return False
-    try:
-        return bool(got == want)
-    except Exception:  # noqa: BLE001 - a hostile item may raise anything: compare slowly
-        return all(map(_same, got, want))
-
-
-def _plain(value: Any) -> Any:
-    if value is None or type(value) is int:
-        return value
-    try:
-        return int(value)
-    except Exception:  # noqa: BLE001 - evidence only: fall back to its repr
-        return repr(value)[:200]
 
 
 def _class_name(obj: Any) -> str:

@@ -20,7 +20,16 @@ from torch.utils.data import (
     SequentialSampler,
 )
 
-__all__ = ["Plan", "plan_for", "standard_batch_sampler", "unverified_reason"]
+__all__ = [
+    "Plan",
+    "equal",
+    "plain",
+    "plain_batch",
+    "plan_for",
+    "same",
+    "standard_batch_sampler",
+    "unverified_reason",
+]
 
 # Our own references, so that a later patch of torch's functions changes the sampler's
 # behaviour but not the guard's recomputation.
@@ -62,6 +71,10 @@ class Plan:
         part = self._seg[self._offset : self._offset + _CHUNK].tolist()
         self._offset += len(part)
         return part if part else self.chunk(pos)
+
+    def finish(self) -> None:
+        """The real sampler ran to its end (not called for a pass broken off)."""
+        return None
 
     def kind(self, pos: int, got: Any, want: Any) -> str:
         """A hint for the reader: ``duplicated`` (already yielded this segment),
@@ -202,3 +215,43 @@ def standard_batch_sampler(sampler: Any) -> BatchSampler | None:
             return sampler
         sampler = getattr(sampler, "batch_sampler", None)
     return None
+
+
+# -- comparing what was drawn with what was due ---------------------------------------
+
+
+def same(item: Any, want: Any) -> bool:
+    try:
+        return type(item) is not bool and bool(item == want) and int(item) == want
+    except Exception:  # noqa: BLE001 - a hostile item may raise anything: not equal
+        return False
+
+
+def equal(got: list[Any], want: list[Any]) -> bool:
+    """List equality at C speed; equal values select the same sample, whatever their
+    int-like type. Items that cannot be compared plainly go through ``same``."""
+    if len(got) != len(want):
+        return False
+    try:
+        return bool(got == want)
+    except Exception:  # noqa: BLE001 - a hostile item may raise anything: compare slowly
+        return all(map(same, got, want))
+
+
+def plain(value: Any) -> Any:
+    if value is None or type(value) is int:
+        return value
+    try:
+        return int(value)
+    except Exception:  # noqa: BLE001 - evidence only: fall back to its repr
+        return repr(value)[:200]
+
+
+def plain_batch(batch: Any) -> Any:
+    """A batch of indices for the evidence: its first 64 items, plain."""
+    if batch is None:
+        return None
+    try:
+        return [plain(i) for i in list(batch)[:64]]
+    except Exception:  # noqa: BLE001 - evidence only: fall back to its repr
+        return repr(batch)[:200]
