@@ -23,7 +23,7 @@ from trainguard.errors import GlobalRefused, LoadBlocked  # noqa: E402
 from trainguard.findings import Finding  # noqa: E402
 from trainguard.load import _ipc  # noqa: E402
 
-from pk import Reduce, payload  # noqa: E402
+from pk import Reduce, call, glob, payload, proto, s1  # noqa: E402
 
 
 @pytest.fixture
@@ -297,3 +297,45 @@ def test_a_cache_entry_someone_else_could_write_is_refused(
     assert _entries(cache) == []  # torch logs the error and compiles afresh
     assert not marker.exists()
     assert findings and why in findings[0].message
+
+
+def test_worker_getattr_reaches_only_torch_callables() -> None:
+    """pickle writes a method as ``getattr(cls, name)``: the channel's stand-in answers
+    for torch's and triton's classes and their functions only."""
+    from torch._inductor.compile_worker.subproc_pool import SubprocMain, SubprocPickler
+
+    getattr_ = _ipc._WORKER_STAND_INS[("builtins", "getattr")]
+    assert getattr_(SubprocMain, "do_job") is SubprocMain.do_job
+    for obj, name in [(os, "system"), (torch.nn.Module, "__class__"), (torch, "hub"),
+                      (torch.nn.Module(), "apply"), (Path, "unlink")]:  # fmt: skip
+        with pytest.raises(pickle.UnpicklingError):
+            getattr_(obj, name)
+    # getattr(torch.nn.Module, "__class__"): a torch class used to reach past torch
+    job = proto(4) + call(glob("builtins", "getattr"), glob("torch.nn", "Module"), s1("__class__"))
+    with trainguard.protected(), pytest.raises(pickle.UnpicklingError, match="__class__"):
+        SubprocMain.do_job(SubprocPickler(), job + b".")
+
+
+def test_graph_pickler_outside_the_wire_is_an_ordinary_load(tmp_path: Path) -> None:
+    from torch.fx._graph_pickler import GraphPickler
+
+    marker = tmp_path / "ran"
+    with trainguard.protected(), pytest.raises(LoadBlocked) as info:
+        GraphPickler.loads(pickle.dumps(payload(marker)), None)  # type: ignore[arg-type]
+    assert "fx graph wire" not in str(info.value)
+    assert not marker.exists()
+
+
+def test_graph_pickler_on_the_wire_is_the_jobs_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Called from the wire's ``deserialize`` (here: a function standing in for it, put
+    where torch's is), ``GraphPickler.loads`` unpickles what the compile worker sent."""
+    from torch._inductor import compile_fx_ext
+    from torch.fx._graph_pickler import GraphPickler
+
+    class _WireProtocolPickledInput:
+        def deserialize(self) -> Any:
+            return GraphPickler.loads(pickle.dumps(Honest()), None)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(compile_fx_ext, "_WireProtocolPickledInput", _WireProtocolPickledInput)
+    with trainguard.protected():
+        assert _WireProtocolPickledInput().deserialize() == Honest()

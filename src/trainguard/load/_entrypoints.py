@@ -177,6 +177,9 @@ class _Protected:
         super().__init__(self._tg_feed, *args, **kwargs)  # type: ignore[call-arg]
 
     def find_class(self, module: str, name: str) -> Any:
+        route: _ipc.Route | None = getattr(self, "_tg_route", None)
+        if route is not None:
+            return route.find(module, name, super().find_class, _protect.sink())  # type: ignore[misc]
         allowed = self._tg_allowed or active()
         if allowed is not None:
             return allowed.find(module, name)
@@ -187,13 +190,31 @@ class _Protected:
     def load(self) -> Any:
         if _protect.settings() is None:
             return super().load()  # type: ignore[misc]
-        allowed = active()
+        allowed = active()  # a load nested in a protected one: that file's table
+        if getattr(self, "_tg_route", None) or (allowed is None and _routed(self, _caller())):
+            return super().load()  # type: ignore[misc]
         if allowed is None:
             arg, name = self._tg_feed.take()
             _source, allowed = _prepare(arg, name)
         self._tg_allowed = allowed
         with window(allowed):
             return super().load()  # type: ignore[misc]
+
+
+def _caller() -> Any:
+    """The frame that called the ``load()`` that called this (never inside a window:
+    ``sys._getframe`` is an audited event)."""
+    return sys._getframe(2)
+
+
+def _routed(unpickler: Any, caller: Any) -> _ipc.Route | None:
+    """The channel of an unpickler's ``load()`` called from ``caller`` (kept on the
+    unpickler for its ``find_class``), or None. A refused channel raises here."""
+    route = _ipc.recognise(caller, None)
+    if route is not None:
+        route.check(_protect.sink())
+        unpickler._tg_route = route
+    return route
 
 
 class ProtectedUnpickler(_Protected, _CUnpickler):
@@ -223,7 +244,7 @@ def _load_with(cls: type) -> Factory:
         def load(file: Any, *args: Any, **kwargs: Any) -> Any:
             if _protect.settings() is None:
                 return real(file, *args, **kwargs)
-            route = _ipc.recognise(sys._getframe(1), file)
+            route = _ipc.recognise(sys._getframe(1), file) if active() is None else None
             if route is not None:
                 return route.load(file, _protect.sink(), *args, **kwargs)
             return cls(file, *args, **kwargs).load()
@@ -239,7 +260,7 @@ def _loads_with(cls: type) -> Factory:
         def loads(data: Any, /, *args: Any, **kwargs: Any) -> Any:
             if _protect.settings() is None:
                 return real(data, *args, **kwargs)
-            route = _ipc.recognise(sys._getframe(1), data)
+            route = _ipc.recognise(sys._getframe(1), data) if active() is None else None
             if route is not None:
                 return route.load(io.BytesIO(data), _protect.sink(), *args, **kwargs)
             return cls(io.BytesIO(data), *args, **kwargs).load()
@@ -317,6 +338,9 @@ def _find_class(real: Callable[..., Any]) -> Callable[..., Any]:
     def find_class(self: Any, module: str, name: str) -> Any:
         if _protect.settings() is None:
             return real(self, module, name)
+        route: _ipc.Route | None = getattr(self, "_tg_route", None)
+        if route is not None:
+            return route.find(module, name, functools.partial(real, self), _protect.sink())
         allowed = active()
         if allowed is None:
             raise _outside(f"{type(self).__name__}.find_class")
@@ -330,6 +354,8 @@ def _windowed(real: Callable[..., Any]) -> Callable[..., Any]:
         if _protect.settings() is None:
             return real(self)
         allowed = active()
+        if getattr(self, "_tg_route", None) or (allowed is None and _routed(self, _caller())):
+            return real(self)
         if allowed is None:
             raise _outside(type(self).__name__)
         with window(allowed):

@@ -33,7 +33,14 @@ The channels (caller; what else is trusted; how the bytes are unpickled):
   ``SubprocPool._read_thread`` (torch.compile's worker pool); the pool's own pipes; only
   globals of ``torch``/``triton``/``functools``/``collections``/``copyreg`` and builtins
   that neither evaluate, import, open nor reach attributes (a job is a callable by design:
-  this narrows what a corrupted pipe could name, it is not the trust).
+  this narrows what a corrupted pipe could name, it is not the trust). ``getattr``, which
+  pickle writes for a method (``getattr(cls, "name")``), is a stand-in that only reaches
+  callables of torch's and triton's own classes.
+* **fx graph wire**: ``GraphPickler.loads`` called from ``compile_fx_ext``'s
+  ``_WireProtocolPickledInput.deserialize`` or ``_WireProtocolPickledOutput.deserialize``
+  (``TORCHINDUCTOR_FX_COMPILE_MODE=subprocess``: a graph sent to a compile worker and its
+  compiled result sent back); the bytes arrived inside a compile-worker message, on the
+  pool's pipes; the real unpickler (a graph holds code by design).
 * **inductor cache entry**: ``GuardedCache.iterate_over_candidates``; the bytes are those of
   the entry file it read, and that file and every folder up to the cache root belong to
   the user and are writable by no one else; the real unpickler (an entry holds code by
@@ -52,10 +59,12 @@ import _pickle
 import builtins
 import io
 import os
+import pickle
 import stat
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
+import types
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from types import CodeType, FrameType
 from typing import Any
 
@@ -76,7 +85,15 @@ _SUBPROC_CALLERS = (
     (_SUBPROC_MODULE, "SubprocPool._read_thread"),
 )
 _CACHE = ("torch._inductor.codecache", "GuardedCache.iterate_over_candidates")
-_NAMES = frozenset(q.rsplit(".", 1)[-1] for _, q in (_SPAWN, _RDZV, _SUBPROC_LOADS, _CACHE))
+_GRAPH_LOADS = ("torch.fx._graph_pickler", "GraphPickler.loads")
+_WIRE = "torch._inductor.compile_fx_ext"
+_GRAPH_CALLERS = (
+    (_WIRE, "_WireProtocolPickledInput.deserialize"),
+    (_WIRE, "_WireProtocolPickledOutput.deserialize"),
+)
+_NAMES = frozenset(
+    q.rsplit(".", 1)[-1] for _, q in (_SPAWN, _RDZV, _SUBPROC_LOADS, _CACHE, _GRAPH_LOADS)
+)
 
 _BYTES_BEFORE_3 = ("_codecs", "encode")  # protocols 0-2 write bytes as a str encoded
 SPAWN_PREPARATION = frozenset(
@@ -143,34 +160,51 @@ class Route:
 
     channel: str
     allow: Callable[[str, str], bool] | None = None
+    replace: Mapping[tuple[str, str], Any] = field(default_factory=dict)
+    """globals answered by a narrower stand-in of our own (checked before ``allow``)"""
     refused: str | None = None
+
+    def check(self, sink: Callable[[Finding], None] | None) -> None:
+        """Raise (and report) the refusal of a channel whose extra fact does not hold."""
+        if self.refused is not None:
+            error = _blocked(self.channel, self.refused)
+            report(error.finding, sink)
+            raise error
+
+    def find(
+        self,
+        module: str,
+        name: str,
+        default: Callable[[str, str], Any],
+        sink: Callable[[Finding], None] | None,
+    ) -> Any:
+        """``find_class`` on this channel: a stand-in, ``default`` (the real lookup) if
+        ``allow`` says so or the channel is the job's own, else ``GlobalRefused``."""
+        stand_in = self.replace.get(_python3_name(module, name))
+        if stand_in is not None:
+            return stand_in
+        if self.allow is None or self.allow(module, name):
+            return default(module, name)
+        error = _blocked(self.channel, f"global {module}.{name} is not one of its classes")
+        report(error.finding, sink)
+        raise GlobalRefused(
+            str(error),
+            path=error.path,
+            global_name=f"{module}.{name}",
+            rule=Rule.LOAD_BLOCKED.value,
+            finding=error.finding,
+        )
 
     def load(
         self, file: Any, sink: Callable[[Finding], None] | None, *args: Any, **kwargs: Any
     ) -> Any:
         """Unpickle ``file`` on this channel's terms; a refusal is reported to ``sink``."""
-        if self.refused is not None:
-            error = _blocked(self.channel, self.refused)
-            report(error.finding, sink)
-            raise error
-        if self.allow is None:
-            return _CUnpickler(file, *args, **kwargs).load()
-        allow: Callable[[str, str], bool] = self.allow
-        channel = self.channel
+        self.check(sink)
+        route = self
 
         class ChannelUnpickler(_CUnpickler):
             def find_class(self, module: str, name: str) -> Any:
-                if not allow(module, name):
-                    error = _blocked(channel, f"global {module}.{name} is not one of its classes")
-                    report(error.finding, sink)
-                    raise GlobalRefused(
-                        str(error),
-                        path=error.path,
-                        global_name=f"{module}.{name}",
-                        rule=Rule.LOAD_BLOCKED.value,
-                        finding=error.finding,
-                    )
-                return super().find_class(module, name)
+                return route.find(module, name, super().find_class, sink)
 
         return ChannelUnpickler(file, *args, **kwargs).load()
 
@@ -192,6 +226,29 @@ def _worker_global(module: str, name: str) -> bool:
     if module == "builtins":
         return name not in _WORKER_BUILTINS_REFUSED and hasattr(builtins, name)
     return top in _WORKER_TOPS
+
+
+def _worker_module(obj: Any) -> bool:
+    """``obj`` is defined by a worker module (a class, function or method of torch/triton)."""
+    module = getattr(obj, "__module__", None)
+    if not isinstance(module, str):
+        return False
+    top = module.partition(".")[0]
+    return top in _WORKER_TOPS and top not in ("builtins", "collections", "copyreg", "_codecs")
+
+
+def _worker_getattr(obj: Any, name: str) -> Any:
+    """``getattr`` as pickle uses it for a method (``getattr(cls, "name")``), for torch's
+    and triton's classes and their functions only: never a module, never anything else."""
+    if not (isinstance(obj, type) and _worker_module(obj) and isinstance(name, str)):
+        raise pickle.UnpicklingError(f"getattr on {type(obj).__name__} refused on this channel")
+    value = getattr(obj, name)
+    if isinstance(value, types.ModuleType) or not (callable(value) and _worker_module(value)):
+        raise pickle.UnpicklingError(f"getattr(..., {name!r}) is not a torch function")
+    return value
+
+
+_WORKER_STAND_INS = {("builtins", "getattr"): _worker_getattr}
 
 
 def _private(path: str, root: str) -> str | None:
@@ -251,7 +308,9 @@ def recognise(frame: FrameType | None, source: Any) -> Route | None:
     if _is(frame, _RDZV):
         return Route("rendezvous state", allow=_exactly(RENDEZVOUS_STATE))
     if _is(frame, _SUBPROC_LOADS) and any(_is(frame.f_back, c) for c in _SUBPROC_CALLERS):
-        return Route("compile worker", allow=_worker_global)
+        return Route("compile worker", allow=_worker_global, replace=_WORKER_STAND_INS)
     if _is(frame, _CACHE):
         return _cache_route(frame, source)
+    if _is(frame, _GRAPH_LOADS) and any(_is(frame.f_back, c) for c in _GRAPH_CALLERS):
+        return Route("fx graph wire")
     return None

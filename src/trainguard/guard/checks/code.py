@@ -53,6 +53,7 @@ from trainguard.guard.checks._codehash import (
     torch_dir,
     trusted_origin,
 )
+from trainguard.guard.checks._known_patches import accepted
 from trainguard.guard.checks.base import Check, GuardContext, StepInfo
 
 __all__ = ["CodeCheck"]
@@ -167,6 +168,8 @@ class _Snapshot:
         self.classes: list[tuple[Mapping[str, Any], frozenset[str], str, type]] = []
         self.hooks: list[tuple[Any, str, Any, tuple[tuple[Any, Any], ...], str]] = []
         self.instances: list[tuple[Any, dict[str, Any], frozenset[str], str]] = []
+        self.owners: dict[int, Any] = {}
+        """id(an instance's __dict__) -> the instance (kept alive by ``instances``)"""
         self.types: list[tuple[Any, type, str]] = []
         self.known_fns: set[int] = set()
         self.known_values: set[int] = set()
@@ -256,6 +259,7 @@ class _Snapshot:
             if callable(value) and hasattr(cls, name):
                 self._slot(mapping, name, value, f"{where}.{name}")
         self.instances.append((obj, mapping, frozenset(mapping), where))
+        self.owners[id(mapping)] = obj
 
     def _slot(
         self,
@@ -288,6 +292,15 @@ class _Snapshot:
         for mapping, name, value, where in self.slots:
             now = mapping.get(name, _MISSING)
             if now is not value:
+                owner = self.owners.get(id(mapping))
+                inherited = () if owner is None else self._inherited(type(owner).__mro__, name)
+                honest = None
+                if now is not _MISSING and owner is not None:
+                    honest = accepted(name, now, owner, inherited, value)
+                if honest:
+                    evidence = {"old": describe(value), "new": describe(now)}
+                    changes.append(_Change(where, "", Severity.INFO, evidence, honest))
+                    continue
                 changes.append(self._replaced(where, value, None if now is _MISSING else now))
         for st in self.fns:
             change = self._fn_changed(st)
@@ -298,7 +311,7 @@ class _Snapshot:
                 changes.extend(self._added(mapping, keys, where, _cls.__mro__[1:]))
         for obj, mapping, keys, where in self.instances:
             if len(mapping) != len(keys) or not keys.issuperset(mapping):
-                changes.extend(self._added(mapping, keys, where, type(obj).__mro__))
+                changes.extend(self._added(mapping, keys, where, type(obj).__mro__, obj))
         for obj, cls, where in self.types:
             if type(obj) is not cls:
                 changes.append(
@@ -372,7 +385,12 @@ class _Snapshot:
         )
 
     def _added(
-        self, mapping: Mapping[str, Any], keys: frozenset[str], where: str, mro: tuple[type, ...]
+        self,
+        mapping: Mapping[str, Any],
+        keys: frozenset[str],
+        where: str,
+        mro: tuple[type, ...],
+        instance: Any = None,
     ) -> list[_Change]:
         """New code in a class dict or on an instance. Only a name that shadows something
         (an inherited method, or the class's method for an instance) changes what existing
@@ -388,7 +406,12 @@ class _Snapshot:
                 info = {"new": describe(value)}
                 out.append(_Change(where_name, "", Severity.INFO, info, "a new name"))
                 continue
-            change = self._replaced(where_name, None, value, self._inherited(mro, name))
+            inherited = self._inherited(mro, name)
+            honest = None if instance is None else accepted(name, value, instance, inherited)
+            if honest:
+                out.append(_Change(where_name, "", Severity.INFO, {"new": describe(value)}, honest))
+                continue
+            change = self._replaced(where_name, None, value, inherited)
             if change.accepted is None:
                 tail = change.message.partition("replaced")[2]
                 change = _Change(
