@@ -152,8 +152,20 @@ def _build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--format", choices=("human", "json", "sarif"), default="human")
     verify.add_argument("-o", "--output", metavar="FILE")
     verify.add_argument("-v", "--verbose", action="store_true")
+    verify.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="compile every .pyc again instead of using the verdict cache in the state folder "
+        "($TRAINGUARD_STATE_DIR, else $XDG_STATE_HOME/trainguard)",
+    )
     seal = esub.add_parser("seal", help="verify, then write a (signed) baseline of every file")
-    seal.add_argument("-o", "--output", metavar="FILE", default="trainguard-env.seal")
+    seal.add_argument("-o", "--output", metavar="FILE", help="default: trainguard-env.seal")
+    seal.add_argument(
+        "--first-use",
+        action="store_true",
+        help="write it where `trainguard run` keeps this interpreter's first-use seal, "
+        "replacing it (after a deliberate change to the environment)",
+    )
     seal.add_argument("--key", metavar="PRIVATE_KEY", help="Ed25519 key to sign the seal with")
     seal.add_argument("--python", metavar="EXE", help="interpreter to seal (default: this)")
     seal.add_argument(
@@ -166,7 +178,13 @@ def _build_parser() -> argparse.ArgumentParser:
         ("verify", "recompute every record, the Merkle tree and the signed heads"),
         ("show", "list records (verification status included)"),
     ):
-        lp = lsub.add_parser(verb, help=text, description="Exit codes: 0 intact, 1 tampered.")
+        lp = lsub.add_parser(
+            verb,
+            help=text,
+            description="Exit codes: 0 intact, 1 tampered (edited, swapped, rolled back, "
+            "truncated), 2 could not check (no ledger there; an unreadable witness, key or "
+            "expected head).",
+        )
         lp.add_argument(
             "--ledger",
             metavar="DIR",
@@ -175,6 +193,23 @@ def _build_parser() -> argparse.ArgumentParser:
         )
         lp.add_argument("--key", metavar="PUBLIC_KEY", help="Ed25519 key that signs the heads")
         lp.add_argument("--witness", metavar="FILE", help="heads exported to a second place")
+        lp.add_argument(
+            "--witness-dir",
+            metavar="DIR",
+            help="the witness folder `trainguard run` writes (default: $TRAINGUARD_WITNESS_DIR, "
+            "else witness/ in the state folder, e.g. ~/.local/state/trainguard/witness; off: "
+            "none)",
+        )
+        lp.add_argument(
+            "--origin", metavar="RUN", help="run id (or ledger origin) this must be the ledger of"
+        )
+        lp.add_argument(
+            "--expect-head",
+            action="append",
+            default=[],
+            metavar="FILE",
+            help="a signed head kept elsewhere (a note, or witness lines) the ledger must hold",
+        )
         lp.add_argument("--format", choices=("human", "json"), default="human")
         if verb == "show":
             lp.add_argument("--alert", metavar="ID", help="only alerts with this id")
@@ -208,8 +243,8 @@ def _build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser(
         "report",
         help="a ledger as a terminal summary, JSON, or one self-contained HTML file",
-        description="Exit code: 0 (a tampered ledger is reported, not judged: "
-        "use `trainguard ledger verify` for that).",
+        description="Exit codes: 0 the report was made (a tampered ledger is reported, not "
+        "judged: use `trainguard ledger verify` for that); 2 no readable ledger there.",
     )
     report.add_argument(
         "--ledger",
@@ -391,19 +426,33 @@ def _verify(args: argparse.Namespace) -> int:
     return exit_codes.OK if result.ok else exit_codes.FINDINGS
 
 
+def _seal_output(args: argparse.Namespace) -> Path:
+    from trainguard.env.tofu import first_use_path
+
+    if args.first_use:
+        if args.output:
+            raise ConfigError("--first-use decides where the seal goes: leave out -o")
+        out = first_use_path(args.python or sys.executable)
+        out.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return out
+    return Path(args.output or "trainguard-env.seal")
+
+
 def _env(args: argparse.Namespace) -> int:
     from trainguard import env
+    from trainguard.env.tofu import verdict_cache_path
     from trainguard.output import env as env_out
 
     progress_on = sys.stderr.isatty() and "NO_COLOR" not in os.environ
     with env_out.progress_bar(progress_on) as progress:
         if args.env_verb == "seal":
             info = env.seal(
-                Path(args.output),
+                _seal_output(args),
                 python=args.python,
                 key=Path(args.key) if args.key else None,
                 allow_findings=args.allow_findings,
                 progress=progress,
+                pyc_cache=verdict_cache_path(),
             )
             sys.stderr.write(
                 f"trainguard: sealed {info.entries} files into {info.path} "
@@ -418,6 +467,7 @@ def _env(args: argparse.Namespace) -> int:
             fast=args.fast,
             ignore=tuple(args.ignore),
             progress=progress,
+            pyc_cache=None if args.no_cache else verdict_cache_path(),
         )
     color = args.output is None and sys.stdout.isatty() and "NO_COLOR" not in os.environ
     text = env_out.render(report, args.format, color=color, verbose=args.verbose)
@@ -464,26 +514,47 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from trainguard.errors import VerificationError
     from trainguard.ledger import default_path
     from trainguard.report import run_report
 
-    return run_report(
-        default_path(args.ledger),
-        Path(args.output) if args.output else None,
-        args.format,
-        public_key=Path(args.key) if args.key else None,
-    )
+    try:
+        return run_report(
+            default_path(args.ledger),
+            Path(args.output) if args.output else None,
+            args.format,
+            public_key=Path(args.key) if args.key else None,
+        )
+    except VerificationError as exc:  # nothing to report on: could not check, not tampered
+        sys.stderr.write(f"trainguard: error: {exc.diagnostics()}\n")
+        return exit_codes.ERROR
 
 
 def _ledger(args: argparse.Namespace) -> int:
+    from trainguard.errors import VerificationError
+
+    try:
+        return _ledger_verbs(args)
+    except VerificationError as exc:  # no ledger, an unreadable witness or key: 2, not 1
+        sys.stderr.write(f"trainguard: error: could not check: {exc.diagnostics()}\n")
+        return exit_codes.ERROR
+
+
+def _ledger_verbs(args: argparse.Namespace) -> int:
     import json
 
     from trainguard import ledger
 
     path = ledger.default_path(args.ledger)
-    key = Path(args.key) if args.key else None
+    opts = {
+        "public_key": Path(args.key) if args.key else None,
+        "witness": args.witness,
+        "witness_dir": _witness_dir(args.witness_dir),
+        "origin": args.origin,
+        "expect_heads": args.expect_head,
+    }
     if args.ledger_verb == "show":
-        doc = ledger.show(path, alert=args.alert, public_key=key, witness=args.witness)
+        doc = ledger.show(path, alert=args.alert, **opts)
         if args.format == "json":
             sys.stdout.write(json.dumps(doc, indent=2, default=str) + "\n")
         else:
@@ -498,22 +569,32 @@ def _ledger(args: argparse.Namespace) -> int:
             )
             sys.stderr.write(f"trainguard: {len(doc['records'])} record(s), {state}\n")
         return exit_codes.OK if doc["verified"] else exit_codes.FINDINGS
-    result = ledger.verify(path, public_key=key, witness=args.witness)
+    result = ledger.verify(path, **opts)
     if args.format == "json":
         sys.stdout.write(json.dumps(result.to_json(), indent=2, default=str) + "\n")
     else:
         state = "INTACT" if result.intact else "TAMPERED"
         sys.stdout.write(
             f"{state:<9} {result.path}: {result.records} records, {result.heads_verified}/"
-            f"{result.heads} signed heads verified, {result.witness_heads} witness heads\n"
+            f"{result.heads + result.witness_heads} signed heads verified ({result.heads} in "
+            f"the ledger, {result.witness_heads} from witnesses)\n"
         )
         for f in result.findings:
             sys.stdout.write(
                 f"    {f.severity.label:<8} {f.rule.value} at {f.location}: {f.message}\n"
             )
+        for anchor in result.anchors:
+            sys.stderr.write(f"checked against: {anchor}\n")
         for note in result.notes:
             sys.stderr.write(f"note: {note}\n")
     return exit_codes.OK if result.intact else exit_codes.FINDINGS
+
+
+def _witness_dir(value: str | None) -> str | bool:
+    """``--witness-dir``: a folder, ``off``, or (not given) the default one."""
+    if value is None:
+        return True
+    return False if value.strip().lower() in ("off", "none") else value
 
 
 _VERBS: dict[str, Callable[[argparse.Namespace], int]] = {

@@ -10,6 +10,9 @@ tamper with its own copy. Distributions:
   ``_distutils_hack``, the legitimate executable ``.pth`` every setuptools env has;
 - ``proj 1.0``: an editable install as setuptools writes it (a finder ``.pth`` line plus
   its ``__editable___proj_1_0_finder`` module) with ``direct_url.json`` saying editable.
+
+Attacks of issue 14: ``rewrite_with_record`` (a file and its RECORD row together),
+``stdlib_copy`` + ``set_home`` (``pyvenv.cfg`` pointed at a planted standard library).
 """
 
 from __future__ import annotations
@@ -76,3 +79,52 @@ class Env:
 
     def dist_info(self, name: str) -> Path:
         return next(self.site.glob(f"{name}-*.dist-info"))
+
+
+def rewrite_with_record(env: Env, rel: str, data: bytes) -> Path:
+    """The insider's edit of issue 14: a file and its RECORD row rewritten together, so a
+    RECORD check agrees with itself."""
+    target = env.site / rel
+    target.write_bytes(data)
+    info = next(i for i in env.site.glob("*.dist-info") if rel in (i / "RECORD").read_text())
+    rows = (info / "RECORD").read_text().splitlines()
+    rows = [
+        f"{rel},{record_hash(data)},{len(data)}" if r.startswith(rel + ",") else r for r in rows
+    ]
+    (info / "RECORD").write_text("\n".join(rows) + "\n")
+    return target
+
+
+def stdlib_copy(where: Path, plant: dict[str, bytes], copy_binary: bool = False) -> Path:
+    """A "copy" of this interpreter's install under ``where`` (every standard-library entry a
+    link to the real one, but site-packages) with ``plant`` files added; returns its bin/.
+    The interpreter in it is a link to the real binary, or with ``copy_binary`` a copy
+    (which then finds this standard library on its own)."""
+    import shutil
+    import sys
+    import sysconfig
+
+    real_exe = Path(sys._base_executable).resolve()  # type: ignore[attr-defined]
+    version = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    stdlib = Path(sysconfig.get_paths()["stdlib"]).resolve()
+    lib = where / "lib" / version
+    lib.mkdir(parents=True)
+    for entry in stdlib.iterdir():
+        if entry.name != "site-packages":
+            (lib / entry.name).symlink_to(entry)
+    for name, data in plant.items():
+        (lib / name).write_bytes(data)
+    bin_dir = where / "bin"
+    bin_dir.mkdir()
+    if copy_binary:
+        shutil.copy2(real_exe, bin_dir / version)
+    else:
+        (bin_dir / version).symlink_to(real_exe)
+    return bin_dir
+
+
+def set_home(env: Env, home: Path) -> Path:
+    cfg = env.root / "pyvenv.cfg"
+    lines = [f"home = {home}" if x.startswith("home") else x for x in cfg.read_text().splitlines()]
+    cfg.write_text("\n".join(lines) + "\n")
+    return cfg

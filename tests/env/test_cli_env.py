@@ -20,7 +20,9 @@ def quiet_environ(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
-def test_keygen_seal_verify_and_tamper(env: Env, tmp_path: Path, capsys, quiet_environ) -> None:
+def test_keygen_seal_verify_and_tamper(
+    env: Env, tmp_path: Path, capsys, quiet_environ, state
+) -> None:
     pytest.importorskip("cryptography")
     keys = tmp_path / "keys"
     assert main(["keygen", "--out", str(keys)]) == 0
@@ -43,3 +45,21 @@ def test_keygen_seal_verify_and_tamper(env: Env, tmp_path: Path, capsys, quiet_e
     assert main(args) == 1
     rules = {f["rule"] for f in json.loads(capsys.readouterr().out)["findings"]}
     assert "env.file_modified" in rules
+
+
+def test_first_use_reseal_and_the_verdict_cache(env: Env, capsys, quiet_environ, state) -> None:
+    """``env seal --first-use`` replaces the seal ``trainguard run`` keeps; ``env verify``
+    takes .pyc verdicts from the state folder unless ``--no-cache``."""
+    from trainguard.env.tofu import first_use_path
+
+    assert main(["env", "seal", "--first-use", "--python", env.python]) == 0
+    assert first_use_path(env.python, state).exists()
+    assert main(["env", "seal", "--first-use", "-o", "x.seal", "--python", env.python]) == 2
+    args = ["env", "verify", "--python", env.python, "--format", "json"]
+    capsys.readouterr()
+    assert main(args) == 0
+    warm = json.loads(capsys.readouterr().out)["summary"]["checked"]
+    assert warm["pyc_cached"] >= 3 and warm["pyc"] == 0
+    assert main([*args, "--no-cache"]) == 0
+    cold = json.loads(capsys.readouterr().out)["summary"]["checked"]
+    assert cold["pyc_cached"] == 0 and cold["pyc"] == warm["pyc_cached"]

@@ -18,7 +18,7 @@ def test_clean_guarded_job_exits_0_with_no_alert(launch):
     assert "trained" in run.stdout
     assert run.alerts() == []
     messages = [r.message for r in run.records]
-    assert messages[0] == "run.started"
+    assert messages[:2] == ["run.origin", "run.started"]  # the run's origin comes first
     assert messages[-1] == "run.exited"
     assert {"guard.started", "guard.stopped", "process.exit"} <= set(messages)
     (started,) = run.events("run.started")

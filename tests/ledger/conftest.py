@@ -1,4 +1,5 @@
-"""Fixtures for the ledger tests: keys on disk and ledgers with some history."""
+"""Fixtures for the ledger tests: keys on disk and ledgers with some history, and a
+witness folder of the test's own (never the real user's state folder)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,16 @@ import pytest
 
 from trainguard import keys
 from trainguard.ledger import Ledger
+
+
+@pytest.fixture(autouse=True)
+def witness_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``$TRAINGUARD_WITNESS_DIR`` for this test (and the launchers it starts)."""
+    folder = tmp_path / "witness"
+    monkeypatch.setenv("TRAINGUARD_WITNESS_DIR", str(folder))
+    monkeypatch.delenv("TRAINGUARD_WITNESS_COMMAND", raising=False)
+    monkeypatch.delenv("TRAINGUARD_LEDGER_KEY", raising=False)
+    return folder
 
 
 @pytest.fixture

@@ -90,9 +90,11 @@ def test_signed_head_is_a_c2sp_checkpoint(tmp_path: Path, keypair) -> None:
         origin = led.origin
     lines = head.text.split("\n")
     assert lines[0] == origin and lines[1] == "5"
-    assert base64.b64decode(lines[2]) == head.root and lines[3] == ""
-    assert lines[4].startswith(f"\u2014 {origin} ")
-    raw = base64.b64decode(lines[4].rsplit(" ", 1)[1])
+    assert base64.b64decode(lines[2]) == head.root
+    assert lines[3].startswith("meta ") and lines[4] == ""  # the header's digest, signed
+    assert head.meta == note.meta_digest(dict(db(tmp_path / "L").execute("SELECT * FROM meta")))
+    assert lines[5].startswith(f"\u2014 {origin} ")
+    raw = base64.b64decode(lines[5].rsplit(" ", 1)[1])
     pub = keys.load_public_key(keypair[1])
     assert raw[:4] == note.key_id(origin, keys.public_raw(pub))
     keys.verify(pub, head.body.encode(), raw[4:])

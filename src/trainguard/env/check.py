@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from trainguard import keys
-from trainguard.env import environ, sealfile
+from trainguard.env import environ, sealfile, venvcfg, verdicts
 from trainguard.env.report import Checked, EnvReport
 from trainguard.env.spawn import ProbeFailed, Running, start_probe
 from trainguard.errors import ConfigError
@@ -42,18 +42,27 @@ def verify(
     ignore: Collection[str] = (),
     environment: dict[str, str] | None = None,
     progress: Progress | None = None,
+    pyc_cache: Path | None = None,
 ) -> EnvReport:
     """Check the environment of ``python`` (default: this interpreter).
 
     Always: every distribution's files against its RECORD, files no RECORD lists,
-    ``.pyc`` files against their sources, and start-up hooks (``.pth`` code,
-    ``sitecustomize``, auto-loaded entry points, stdlib shadowing, environment). With
-    ``seal``: every sealed file, added or removed file, mode and owner, with the seal's
-    root and (given ``key``) signature checked first. With ``wheelhouse``: RECORDs
-    against the wheels. ``distributions``/``record_only`` narrow the run (benchmarks,
-    quick checks) and skip the whole-environment checks. ``ignore`` names environment
-    variables (or ``/etc/ld.so.preload``) not to report. Findings are data; only bad
-    arguments raise (``ConfigError``).
+    ``.pyc`` files against their sources, start-up hooks (``.pth`` code,
+    ``sitecustomize``, auto-loaded entry points, stdlib shadowing, environment), and
+    ``pyvenv.cfg`` with the interpreter and standard library it points at (``venvcfg``).
+    With ``seal``: every sealed file (standard library, interpreter and venv ``bin/``
+    included), added or removed file, mode and owner, and the standard library's
+    location, with the seal's root and (given ``key``) signature checked first. With
+    ``wheelhouse``: RECORDs against the wheels. ``pyc_cache`` (a file in the user's
+    state folder, see ``verdicts``) spares compiling a ``.pyc`` whose exact bytes and
+    source were judged before. ``distributions``/``record_only`` narrow the run
+    (benchmarks, quick checks) and skip the whole-environment checks. ``ignore`` names
+    environment variables (or ``/etc/ld.so.preload``) not to report. Findings are data;
+    only bad arguments raise (``ConfigError``).
+
+    *What it trusts* without a seal: each RECORD as the authority on its own files (an
+    insider who rewrites a file and its RECORD row passes), and the standard library as
+    found. A seal moves that trust to the moment of sealing.
     """
     start = time.perf_counter()
     if wheelhouse is not None and not Path(wheelhouse).is_dir():
@@ -73,9 +82,13 @@ def verify(
         "progress": progress is not None,
         "seal": None,
     }
+    cached, cache_ok = _load_cache(pyc_cache, request, notes)
     answer: dict[str, Any] | None = None
+    header: dict[str, Any] = {}
     if seal is not None:
-        answer = _with_seal(exe, Path(seal), _public_key(key), request, findings, notes, progress)
+        answer = _with_seal(
+            exe, Path(seal), _public_key(key), request, findings, notes, progress, header
+        )
     elif fast:
         notes.append("fast has no effect without a seal: every file was hashed")
     elif key is not None:
@@ -83,9 +96,17 @@ def verify(
     if answer is None:
         request["seal"] = None
         answer = _result(start_probe(exe, request, b"", progress), findings)
+    layout = answer.get("layout", {})
     if not distributions and not record_only:
         findings += environ.check(env, ignore)
+        if layout:
+            findings += venvcfg.check(exe, layout.get("stdlib_dirs", []))
+            findings += _moved(exe, header, layout, seal)
     findings += findings_from(answer.get("findings", []))
+    if cache_ok and pyc_cache is not None and isinstance(answer.get("pyc_ok"), str):
+        problem = verdicts.save(pyc_cache, bytes.fromhex(answer["pyc_ok"]), cached)
+        if problem:
+            notes.append(problem)
     return EnvReport(
         findings=tuple(sorted(findings, key=_order)),
         checked=Checked.from_json(answer.get("checked", {})),
@@ -96,6 +117,44 @@ def verify(
         seal=str(seal) if seal is not None else None,
         site_dirs=tuple(answer.get("layout", {}).get("site_dirs", [])),
     )
+
+
+def _load_cache(path: Path | None, request: dict[str, Any], notes: list[str]) -> tuple[bytes, bool]:
+    """Put the verdict cache into ``request``; returns its keys and whether it is used."""
+    if path is None:
+        return b"", False
+    cached, problem = verdicts.load(Path(path))
+    if problem is not None:
+        notes.append(problem)
+        return b"", False
+    request["pyc_cache"] = cached.hex()
+    return cached, True
+
+
+def _moved(
+    exe: str, header: dict[str, Any], layout: dict[str, Any], seal: Path | None
+) -> list[Finding]:
+    """The standard library or the interpreter binary is not where the seal found them:
+    the seal diff lists thousands of files, this says why (seals from before this check
+    do not record either)."""
+    out: list[Finding] = []
+    pairs = (
+        ("stdlib_dirs", sorted(os.path.realpath(d) for d in layout.get("stdlib_dirs", []))),
+        ("interpreter", os.path.realpath(exe)),
+    )
+    for name, now in pairs:
+        was = header.get(name)
+        if was is not None and was != now:
+            out.append(
+                Finding(
+                    Rule.ENV_STARTUP_HOOK,
+                    Severity.CRITICAL,
+                    f"the {name.replace('_', ' ')} changed since the seal: {was} -> {now}",
+                    Location(str(seal), member=name),
+                    {"sealed": was, "now": now},
+                )
+            )
+    return out
 
 
 def _result(running: Running, findings: list[Finding]) -> dict[str, Any]:
@@ -114,6 +173,7 @@ def _with_seal(
     findings: list[Finding],
     notes: list[str],
     progress: Progress | None,
+    header: dict[str, Any],
 ) -> dict[str, Any] | None:
     """Start the probe on the seal's entries at once and check the root and signature
     while it works (both take a while on a big environment). A seal that fails is
@@ -140,6 +200,7 @@ def _with_seal(
         _seal_invalid(path, str(exc), public, findings, notes)
         return None
     notes += seal_notes
+    header.update(sealed.header)
     sealed_python = sealed.header.get("python")
     if sealed_python and sealed_python != exe:
         notes.append(f"the seal was made for {sealed_python}")

@@ -25,6 +25,8 @@ class Checked:
     """``.pyc`` files compiled from their source and compared."""
     pyc_vouched_by_seal: int = 0
     """``.pyc`` files whose bytes, and whose source's bytes, match the seal."""
+    pyc_cached: int = 0
+    """``.pyc`` files hashed, with their source, to a verdict the cache holds (not compiled)."""
     site_files: int = 0
     pth: int = 0
     sealed: int = 0

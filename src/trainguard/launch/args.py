@@ -24,14 +24,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="PRIVATE_KEY",
         help="Ed25519 key that signs ledger heads (default: $TRAINGUARD_LEDGER_KEY)",
     )
-    parser.add_argument("--seal", metavar="FILE", help="verify the environment against a seal")
+    parser.add_argument(
+        "--seal",
+        metavar="FILE",
+        help="verify the environment against this seal (default: the interpreter's first-use "
+        "seal in $TRAINGUARD_STATE_DIR, else ~/.local/state/trainguard, made by the first run "
+        "that finds nothing wrong: trust on first use)",
+    )
     parser.add_argument("--seal-key", metavar="PUBLIC_KEY", help="key the seal is signed with")
     parser.add_argument(
         "--env-verify",
         choices=ENV_VERIFY_MODES,
         default="auto",
-        help="auto: with --seal, skip non-code files whose stat matches; without, hash "
-        "every installed file (about 30 s for a large venv); full: never skip; off",
+        help="auto: against the seal, skipping non-code files whose stat matches; full: "
+        "never skip; off. The first run seals (a full check, once)",
     )
     parser.add_argument(
         "--no-env-verify", dest="env_verify", action="store_const", const="off", help="= off"

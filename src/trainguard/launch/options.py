@@ -17,10 +17,11 @@ ENV_VERIFY_MODES = ("auto", "full", "off")
 class RunOptions:
     """Settings of ``trainguard run [flags] -- CMD ...``.
 
-    ``env_verify``: ``auto`` verifies the job's environment before it starts, against
-    ``seal`` with the ``fast`` stat shortcut for files that are not code when a seal is
-    given, else every installed file against its RECORD (~30 s for a large venv: seal it
-    once to make later runs fast); ``full`` never takes the shortcut; ``off`` skips it.
+    ``env_verify``: ``auto`` verifies the job's environment before it starts against
+    ``seal`` (unsigned: only if no one else can write it) or else the interpreter's
+    first-use seal in the user's state folder, made by the first run that finds nothing
+    wrong (trust on first use; ``trainguard.env.tofu``), with the ``fast`` stat shortcut
+    for files that are not code; ``full`` never takes the shortcut; ``off`` skips it.
     ``stop_on``: an alert of this severity or worse (from the pre-flight checks, the
     supervisor or any rank's guard) stops the job (or keeps it from starting): exit
     ``GUARD_STOPPED``. ``guard_timeout``: how long a rank may run without attaching a

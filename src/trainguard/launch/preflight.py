@@ -6,28 +6,40 @@ Which environment: the interpreter the command runs (``python ...``, or the inte
 on the ``#!`` line of a console script such as ``torchrun``), else the launcher's own.
 The environment variables judged are the launcher's, before it adds its own start-up
 folder to ``PYTHONPATH``.
+
+Against what: never RECORD alone (``trainguard.env.tofu``). A pinned seal (``--seal``),
+else this interpreter's first-use seal in the user's state folder, made by the first run
+that finds nothing wrong: that run trusts the environment as it finds it, and says so on
+stderr and in the ledger (``env.verified`` carries ``anchor``, ``trust`` and the seal's
+root). Once the files pass, the import hooks after a real start-up are listed and judged
+(``trainguard.env.finders``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from trainguard.findings import Finding, Severity, Verdict
+from trainguard.findings import Finding, Rule, Severity, Verdict
 from trainguard.launch.options import RunOptions
 from trainguard.ledger import Ledger
 
 __all__ = ["Preflight", "check_resume", "job_python", "preflight", "verify_env"]
 
+if TYPE_CHECKING:
+    from trainguard.env import EnvReport, Progress
+
 _PYTHON = re.compile(r"^python[0-9.]*$")
 _MAX_LISTED = 200
+_TICK_SECONDS = 15.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,21 +50,26 @@ class Preflight:
     ok: bool
     worst: Severity | None
     skipped: bool = False
+    seal: Path | None = None
+    """The env check's seal, when one was used: the job's guard can take its run-time
+    "trusted origin" from it (``trainguard.env.TrustedOrigins.from_seal``)."""
 
 
 def preflight(ledger: Ledger, opts: RunOptions, say: Callable[[str], None]) -> list[Preflight]:
     """The checks ``opts`` asks for, in order: environment, then resume checkpoint."""
     out: list[Preflight] = []
     if opts.env_verify != "off":
-        say("verifying the job's environment ...")
+        python = job_python(opts.command)
+        say(f"verifying the job's environment ({python}) ...")
         out.append(
             verify_env(
                 ledger,
-                python=job_python(opts.command),
+                python=python,
                 seal=opts.seal,
                 seal_key=opts.seal_key,
                 full=opts.env_verify == "full",
                 ignore=opts.env_ignore,
+                say=say,
             )
         )
     if opts.resume:
@@ -93,18 +110,38 @@ def verify_env(
     seal_key: Path | None,
     full: bool,
     ignore: Sequence[str],
+    say: Callable[[str], None] | None = None,
+    state: Path | None = None,
 ) -> Preflight:
-    from trainguard.env import verify
+    """Verify against the pinned or first-use seal (``tofu.verify_anchored``), then the
+    import hooks after start-up when the files passed; record it all, alert on findings."""
+    from trainguard.env import finders
+    from trainguard.env.tofu import verify_anchored
 
+    tell = say or (lambda _text: None)
     start = time.perf_counter()
-    report = verify(
-        python=python,
-        seal=seal,
-        key=seal_key,
-        fast=seal is not None and not full,
-        ignore=tuple(ignore),
-        environment=dict(os.environ),
-    )
+    environment = dict(os.environ)
+    with _progress(tell) as progress:
+        anchored = verify_anchored(
+            python,
+            seal_path=seal,
+            key=seal_key,
+            state=state,
+            full=full,
+            ignore=tuple(ignore),
+            environment=environment,
+            progress=progress,
+            say=tell,
+        )
+    report = anchored.report
+    if _files_clean(report):
+        used = anchored.seal if anchored.anchor != "record" else None
+        hooks = finders.check(python, report, environment, seal=used)
+        report = replace(report, findings=report.findings + tuple(hooks))
+        if hooks and anchored.anchor == "first-use-sealed-now" and anchored.seal is not None:
+            anchored.seal.unlink(missing_ok=True)
+            tell("first-use seal withdrawn: start-up installs import hooks no one vouches for")
+    tell(f"environment: this run trusts {anchored.trust}")
     ok = not report.tampered and report.complete
     ledger.append_event(
         "env.verified",
@@ -112,8 +149,11 @@ def verify_env(
             "event": "env.verified",
             "ok": ok,
             "python": python,
-            "seal": str(seal) if seal else None,
-            "fast": seal is not None and not full,
+            "seal": str(anchored.seal) if anchored.seal else None,
+            "anchor": anchored.anchor,
+            "trust": anchored.trust,
+            "seal_root": anchored.root,
+            "fast": anchored.anchor != "record" and not full,
             "findings": [f.to_json() for f in report.findings[:_MAX_LISTED]],
             "findings_total": len(report.findings),
             "files": report.checked.files_hashed,
@@ -122,8 +162,50 @@ def verify_env(
             "seconds": round(time.perf_counter() - start, 3),
         },
     )
+    if anchored.anchor == "first-use" and report.tampered:
+        tell(
+            "if the environment was changed on purpose, seal it again: trainguard env seal "
+            f"--first-use --python {python}"
+        )
     alerts = [f for f in report.findings if f.severity > Severity.INFO]
-    return Preflight("env", ok, _alerts(ledger, alerts))
+    valid = not any(f.rule is Rule.ENV_SEAL_INVALID for f in report.findings)
+    used = anchored.seal if valid and anchored.seal is not None and anchored.seal.exists() else None
+    return Preflight("env", ok, _alerts(ledger, alerts), seal=used)
+
+
+def _files_clean(report: EnvReport) -> bool:
+    """Nothing wrong with the files or start-up code (environment variables aside)."""
+    from trainguard.env.environ import PRELOAD_FILE
+
+    outside = ("<environment>", str(PRELOAD_FILE))
+    return report.complete and all(
+        f.severity <= Severity.INFO or f.location.path in outside for f in report.findings
+    )
+
+
+@contextlib.contextmanager
+def _progress(tell: Callable[[str], None]) -> Iterator[Progress | None]:
+    """A bar on a terminal (stderr, as ``env verify`` draws it); elsewhere a line through
+    ``tell`` at most every ``_TICK_SECONDS``, so a log shows the check is alive."""
+    if sys.stderr.isatty() and "NO_COLOR" not in os.environ:
+        from trainguard.output.env import progress_bar
+
+        with progress_bar(True) as bar:
+            yield bar
+        return
+    last = [time.monotonic()]
+    labels = {"hash": "hashed {:.0f} of {:.0f} MB", "pyc": "compiled {:.0f} of {:.0f} .pyc"}
+
+    def tick(phase: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - last[0] < _TICK_SECONDS:
+            return
+        last[0] = now
+        scale = 1e6 if phase == "hash" else 1
+        text = labels.get(phase, phase + " {:.0f} of {:.0f}")
+        tell("environment: " + text.format(done / scale, total / scale))
+
+    yield tick
 
 
 def check_resume(ledger: Ledger, paths: Sequence[Path]) -> Preflight:

@@ -7,6 +7,9 @@ to that group. The launcher becomes the subreaper of the job's processes (Linux)
 rank whose agent died is still collected here with its exit status. The job's stderr is
 passed through the launcher (torchrun reports its workers' exit codes there); stdout and
 stdin are the job's own.
+
+The ledger's signing key is the supervisor's alone (``signer``): the job appends records
+with no key, and the supervisor signs heads over them and sends each to the witness.
 """
 
 from __future__ import annotations
@@ -37,9 +40,10 @@ from trainguard.launch.heartbeats import Proc, ProcTable
 from trainguard.launch.jobio import Console, StderrTee
 from trainguard.launch.options import RunOptions
 from trainguard.launch.preflight import Preflight, preflight
+from trainguard.launch.signer import RunSigner
 from trainguard.launch.tail import LedgerTail
 from trainguard.launch.watch import Raised, Watch
-from trainguard.ledger import Ledger, default_path
+from trainguard.ledger import default_path
 
 __all__ = ["Supervisor", "run_command"]
 
@@ -76,11 +80,14 @@ class Supervisor:
     # -- the run ------------------------------------------------------------------------
 
     def run(self) -> int:
-        self.ledger = Ledger(self.ledger_path, key=self.ledger_key, rank=None)
+        self.signer = RunSigner(
+            self.ledger_path, self.opts.command, fixed_key=self.ledger_key, say=self.console.say
+        )
+        self.ledger = self.signer.open()
         try:
             boot = make_bootstrap(self.ledger_path)
         except BaseException:
-            self.ledger.close()
+            self.signer.close()
             raise
         self.table = ProcTable(boot.heartbeats)
         self.tail = LedgerTail(self.ledger_path, known=lambda pid: pid in self.table.procs)
@@ -97,7 +104,7 @@ class Supervisor:
             if self.metrics is not None:
                 self.metrics.close()
             self.tail.close()
-            self.ledger.close()
+            self.signer.close()
 
     def _refuse(self, refused: list[Preflight]) -> int:
         names = ", ".join(c.name for c in refused)
@@ -136,9 +143,11 @@ class Supervisor:
 
             self.metrics = Metrics(opts.metrics_port)
             self.console.say(f"metrics on http://127.0.0.1:{self.metrics.port}/metrics")
+        # no key for the job, ever: its processes append, the supervisor signs
         env = boot.child_env(
-            os.environ, ledger=self.ledger_path, ledger_key=self.ledger_key, protect=opts.protect
+            os.environ, ledger=self.ledger_path, ledger_key=None, protect=opts.protect
         )
+        self.signer.tick(urgent=True)  # pre-flight results pinned before the job runs
         oom = OomCounter()
         before = {p.pid for p in procs.children_of(os.getpid())}
         subreaper = procs.set_subreaper(True)  # before the job can leave orphans
@@ -197,6 +206,7 @@ class Supervisor:
                 self._show_new()
                 if self.metrics is not None:
                     self.metrics.ranks(self._rank_status())
+                self.signer.tick()
             except Exception as exc:  # noqa: BLE001  the job must outlive a supervisor fault
                 self._fault(exc)
             if returncode is not None:
@@ -273,6 +283,7 @@ class Supervisor:
             if record.kind != "alert":
                 continue
             self.alerts += 1
+            self.signer.alerted()
             if self.control is not None or self.alerts <= PREFLIGHT_SHOWN:
                 self.console.alert(record)
             elif self.alerts == PREFLIGHT_SHOWN + 1:

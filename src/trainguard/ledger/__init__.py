@@ -6,6 +6,12 @@ in SQLite; heads over the tree are signed as C2SP checkpoints, optionally with a
 forward-secure key ratchet, and can be copied to a witness elsewhere as they are made.
 ``verify`` recomputes everything and returns ``ledger.tampered`` findings.
 
+``trainguard run`` opens its ledger with ``run=RunOrigin(...)``: a key of the run's own,
+held by the supervisor only, signs every head; the run's origin is the first record and
+is named in every head; heads and the run's start go to the user's witness folder
+(``WitnessDir``), which ``verify`` reads by default to find a ledger swapped, rolled
+back, cut short or re-signed.
+
 ::
 
     with Ledger("runs/ledger", key="ledger.key", witness="/mnt/elsewhere/heads.jsonl") as led:
@@ -14,10 +20,12 @@ forward-secure key ratchet, and can be copied to a witness elsewhere as they are
     result = verify("runs/ledger", public_key="ledger.pub", witness="/mnt/elsewhere/heads.jsonl")
 """
 
+from trainguard.ledger.anchor import WitnessDir
 from trainguard.ledger.core import Ledger
 from trainguard.ledger.note import Checkpoint
 from trainguard.ledger.reading import default_path, read_records, show
 from trainguard.ledger.record import Record
+from trainguard.ledger.runs import RunOrigin
 from trainguard.ledger.sink import ledger_sink, open_ledger
 from trainguard.ledger.store import LedgerWriteError, network_fs_type
 from trainguard.ledger.transfer import export_jsonl, import_jsonl
@@ -29,6 +37,8 @@ __all__ = [
     "LedgerVerification",
     "LedgerWriteError",
     "Record",
+    "RunOrigin",
+    "WitnessDir",
     "check",
     "default_path",
     "export_jsonl",

@@ -1,6 +1,8 @@
 """The checks behind ``verify``, in the order they run: one read snapshot of the
 database, a single pass over the records that recomputes every leaf, the per-record
-roots and the root at every head size, then the tail, the heads and the key chain.
+roots and the root at every head size (and collects the runs' origin records), then the
+tail, the heads, the key chain, and the ledger against its header, its runs and the
+witness (``runcheck``).
 
 After the first structural break (a gap, an unreadable or moved record, a broken root)
 every later per-record root differs too; only the first is reported, so a finding
@@ -12,29 +14,53 @@ from __future__ import annotations
 
 import base64
 import binascii
+import os
 import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from trainguard.errors import VerificationError
 from trainguard.findings import Finding, Location, Rule, Severity
 from trainguard.ledger import heads as headmod
+from trainguard.ledger import runcheck
+from trainguard.ledger.anchor import IndexEntry, WitnessDir
 from trainguard.ledger.ratchet import read_public_state
 from trainguard.ledger.record import Record
+from trainguard.ledger.runs import ORIGIN_EVENT, RunInfo, run_info
 from trainguard.ledger.store import DB_NAME, blob, connect_readonly, read_tip
 from trainguard.ledger.tree import EMPTY_ROOT, Frontier, leaf_hash
 
 __all__ = ["Checker"]
 
+STATE_WITNESS = "state witness"
+
 
 class Checker:
     """One verification run over one ledger folder; collects findings and notes."""
 
-    def __init__(self, path: Path, anchor: bytes | None, witness: Path | None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        anchor: bytes | None,
+        witness: Path | None,
+        *,
+        witness_dir: WitnessDir | None = None,
+        origin: str | None = None,
+        expected: Sequence[headmod.HeadRef] = (),
+    ) -> None:
         self.path, self.anchor, self.witness = path, anchor, witness
+        self.witness_dir, self.origin, self.expected = witness_dir, origin, list(expected)
         self.db = str(path / DB_NAME)
         self.findings: list[Finding] = []
         self.notes: list[str] = []
+        self.runs: dict[str, RunInfo] = {}
+        self.anchors: list[str] = []
+        """What outside the folder the ledger was checked against, in words."""
+        self.entries: list[IndexEntry] = []
+        self.home = True
+        """The witness saw this ledger written here, or nowhere: a copy kept elsewhere
+        may be older than what the witness holds, and that is said, not alleged."""
 
     def tampered(self, message: str, where: str, evidence: dict[str, Any]) -> None:
         self.findings.append(
@@ -73,16 +99,73 @@ class Checker:
         finally:
             conn.close()
         self._tail(state, count, last, tip, final)
+        ws = self._away(ws, count)
         self._heads(meta, hs, ws, roots, count)
         if other:
             self.notes.append(f"{other} witness heads belong to other ledgers and were skipped")
-        verified = self._signatures(meta, hs, ws)
-        return count, len(hs), verified, len(ws)
+        verified = self._signatures(meta, hs, ws, count)
+        self._outside(meta, hs + ws)
+        return count, len(hs), verified, len(ws) - len(self.expected)
 
     def _witness(self, origin: str) -> tuple[list[headmod.HeadRef], int]:
-        if self.witness is None:
-            return [], 0
-        return headmod.witness_heads(self.witness, origin)
+        """Heads held elsewhere: the witness file given, the user's witness folder, and
+        the heads the person verifying brought."""
+        out: list[headmod.HeadRef] = []
+        other = 0
+        if self.witness is not None:
+            out, other = headmod.witness_heads(self.witness, origin)
+            self.anchors.append(f"witness file {self.witness}")
+        problem = self.witness_dir.trust_problem() if self.witness_dir else None
+        if problem is not None:
+            self.notes.append(f"{problem}: it was not used")
+        elif self.witness_dir is not None:
+            self.entries, unreadable = self.witness_dir.entries()
+            self.notes.extend(unreadable)
+            homes = {e.ledger for e in self.entries if e.origin == origin}
+            self.home = not homes or os.path.realpath(self.path) in homes
+            heads = self.witness_dir.heads_file(origin)
+            if heads.is_file():
+                found, _ = headmod.witness_heads(heads, origin, STATE_WITNESS)
+                out += found
+                self.anchors.append(f"{len(found)} heads in {heads}")
+        if self.expected:
+            self.anchors.append(f"{len(self.expected)} expected head(s)")
+        return out + self.expected, other
+
+    def _away(self, ws: list[headmod.HeadRef], count: int) -> list[headmod.HeadRef]:
+        """Away from home, the state witness's heads past this copy's end are history the
+        copy never had: said, and left out."""
+        if self.home:
+            return ws
+        later = [h for h in ws if h.where.startswith(STATE_WITNESS) and _size(h) > count]
+        if later:
+            self.notes.append(
+                f"the witness holds {len(later)} later head(s) of this ledger (up to size "
+                f"{max(map(_size, later))}, this copy has {count}): an older copy of a ledger "
+                "that lives elsewhere"
+            )
+        return [h for h in ws if h not in later]
+
+    def _outside(self, meta: dict[str, str], heads: list[headmod.HeadRef]) -> None:
+        origin = meta.get("origin", "")
+        heads = [h for h in heads if h.checkpoint and h.checkpoint.origin == origin]
+        runcheck.header(meta, heads, self.runs, self.tampered)
+        runcheck.bindings(heads, self.runs, self.tampered)
+        if self.entries:
+            assert self.witness_dir is not None
+            self.anchors.append(f"the witness index {self.witness_dir.index}")
+            notes = runcheck.index(self.path, origin, self.runs, self.entries, self.tampered)
+            self.notes.extend(notes)
+        if self.origin is not None:
+            runcheck.origin(self.origin, origin, self.runs, self.tampered)
+            self.anchors.append(f"the origin {self.origin}")
+        if self.runs and not self.anchors:
+            self.notes.append(
+                "nothing outside the ledger folder speaks for this ledger (no witness holds "
+                "its heads: written on another machine or by another user, or the witness "
+                "was off): a ledger swapped, rolled back or rewritten whole cannot be told "
+                "from the folder alone; pass --witness, --origin or --expect-head"
+            )
 
     def _records(self, cursor: Any, wanted: set[int]) -> tuple[int, int, dict[int, bytes]]:
         tree = Frontier()
@@ -138,9 +221,19 @@ class Checker:
                 explained = True
             if rec is not None and rec.alert == Rule.LEDGER_TAMPERED.value:
                 self.tampered(f"recorded by the ledger writer: {rec.message}", where, {})
+            if rec is not None and rec.message == ORIGIN_EVENT:
+                self._run(run_info(seq, digest, rec.evidence), where)
             expected = seq + 1
         roots[-1] = tree.root()  # the whole tree, for the stored state
         return tree.size, expected - 1, roots
+
+    def _run(self, info: RunInfo | None, where: str) -> None:
+        if info is None:
+            return
+        if info.run in self.runs:
+            self.tampered(f"run {info.run} is announced twice", where, {"run": info.run})
+        else:
+            self.runs[info.run] = info
 
     def _tail(self, state: Any, count: int, last: int, tip: int, root: bytes) -> None:
         size = state[0] if state else None
@@ -211,17 +304,29 @@ class Checker:
                 if cp.size < previous:
                     self.tampered(f"{h.where} is smaller than the head before it", h.where, ev)
                 previous = max(previous, cp.size)
-            elif cp.text not in ledger_texts:
+            elif cp.text not in ledger_texts and cp.origin == origin:
+                held = "the witness holds" if "witness" in h.where else "that was expected"
                 self.tampered(
-                    f"the ledger lacks the head the witness holds at {h.where} (size "
-                    f"{cp.size}): heads were removed",
+                    f"the ledger lacks the head {held} at {h.where} (size {cp.size}): heads "
+                    "were removed",
                     h.where,
                     ev,
                 )
 
     def _signatures(
-        self, meta: dict[str, str], hs: list[headmod.HeadRef], ws: list[headmod.HeadRef]
+        self, meta: dict[str, str], hs: list[headmod.HeadRef], ws: list[headmod.HeadRef], count: int
     ) -> int:
+        if meta.get("mode") == "run":
+            keys = {r: i.public_key for r, i in self.runs.items()}
+            mine = [
+                h for h in hs + ws if h.checkpoint and h.checkpoint.origin == meta.get("origin")
+            ]
+            verified, covered = headmod.check_runs(mine, keys, self.tampered)
+            self.notes.extend(runcheck.uncovered(count, covered, self.runs))
+            unsigned = sorted(r for r, k in keys.items() if k is None)
+            if unsigned:
+                self.notes.append(f"runs {', '.join(unsigned)} signed nothing (no key)")
+            return verified
         try:
             stored = base64.b64decode(meta.get("first_key") or "", validate=True) or None
         except (binascii.Error, ValueError):
@@ -257,3 +362,7 @@ class Checker:
                     "ratchet.pub is not the key the last head published", "ratchet.pub", {}
                 )
         return verified
+
+
+def _size(h: headmod.HeadRef) -> int:
+    return h.checkpoint.size if h.checkpoint is not None else 0

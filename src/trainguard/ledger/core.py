@@ -9,6 +9,13 @@ durable: what it returned is what a crash cannot take away.
 Failures that are not the caller's fault are recorded rather than raised where raising
 would stop a training job for the wrong reason: a head that cannot be signed or a
 witness that cannot be reached becomes a record in the ledger itself.
+
+Who signs: whoever holds the key. Under ``trainguard run`` that is the supervisor alone
+(``run=``): the job's processes append through the same database with no key, and the
+supervisor signs heads over the whole tree, theirs included (``head()``). A record is
+therefore protected from the first head that covers it; until then (at most the
+supervisor's head interval, or for good if the supervisor is killed first) it can be
+rewritten by anyone who can write the folder without any check noticing.
 """
 
 from __future__ import annotations
@@ -27,8 +34,11 @@ from trainguard import keys
 from trainguard.errors import ConfigError, IntegrityError
 from trainguard.findings import Finding, Rule, Severity
 from trainguard.ledger import note, store
+from trainguard.ledger.anchor import WitnessDir
+from trainguard.ledger.heading import HeadMaker
 from trainguard.ledger.ratchet import Ratchet
 from trainguard.ledger.record import Record, alert_record, event_record
+from trainguard.ledger.runs import ORIGIN_EVENT, RunOrigin
 from trainguard.ledger.setup import open_meta, resolve_key
 from trainguard.ledger.tree import Frontier, leaf_hash
 from trainguard.ledger.witness import Witness
@@ -45,6 +55,13 @@ class Ledger:
     epoch-0 key, and without one a fresh epoch-0 key is made (its public half is
     ``first_public_key``: keep a copy elsewhere). ``witness`` (a file) and
     ``witness_command`` (run with the head on stdin) receive every head as it is made.
+
+    ``run`` (a ``RunOrigin``) opens the ledger as that run's supervisor: ``key`` is then
+    the run's own key (or the admin's fixed key, ``run.key_mode == "key"``), the run's
+    ``run.origin`` record is appended at once, and every head names it. ``witness_dir``
+    (an ``anchor.WitnessDir``) is told about the run and receives every head. The job's
+    processes open the same folder with no key at all and only append: heads over what
+    they appended are the supervisor's to sign (``head()``, periodically and at close).
     """
 
     def __init__(
@@ -58,21 +75,37 @@ class Ledger:
         witness: Path | str | None = None,
         witness_command: Sequence[str] | None = None,
         journal: str | None = None,
+        run: RunOrigin | None = None,
+        witness_dir: WitnessDir | None = None,
     ) -> None:
         self.path = Path(path)
         self.rank = rank if rank is not None else _env_rank()
         self.head_every = head_every
-        self._key = resolve_key(key)
         self._witness = Witness(witness, witness_command)
         self._journal = journal
         self._host, self._uid = socket.gethostname(), _uid()
         self._pid = os.getpid()
+        self._heads = HeadMaker(resolve_key(key), Ratchet(self.path) if ratchet else None)
         self._store = store.acquire(self.path, journal)
         self._closed = False
-        self._ratchet = Ratchet(self.path) if ratchet else None
+        self._reported: set[str] = set()
+        self.witness_errors: list[str] = []
+        """Each distinct failure to reach a witness, in words (also in the ledger)."""
+        self.run: RunOrigin | None = None
         try:
-            self.origin, self.first_public_key = open_meta(self._store, self._key, self._ratchet)
+            self.origin, self.first_public_key = open_meta(
+                self._store,
+                self._heads.key,
+                self._heads.ratchet,
+                run=run is not None and run.key_mode == "run",
+            )
             self._check_tip()
+            if witness_dir is not None:
+                with contextlib.suppress(OSError):  # a failure shows at the first head
+                    witness_dir.ensure()
+                self._witness.add(witness_dir.heads_file(self.origin))
+            if run is not None:
+                self._start_run(run, witness_dir)
         except BaseException:
             self._closed = True
             store.release(self._store)
@@ -80,7 +113,22 @@ class Ledger:
 
     @property
     def signing(self) -> bool:
-        return self._key is not None or self._ratchet is not None
+        return self._heads.signing
+
+    def _start_run(self, run: RunOrigin, witness_dir: WitnessDir | None) -> None:
+        """Announce the run to the witness, then append its origin record; every later
+        head of this process names that record."""
+        self.run = replace(run, ledger=os.path.realpath(self.path))
+        failed = None
+        if witness_dir is not None:
+            try:
+                witness_dir.announce(self.run, self.origin)
+            except OSError as exc:
+                failed = f"witness index {witness_dir.index}: {exc}"
+        rec = self.append_event(ORIGIN_EVENT, evidence=self.run.evidence(self.origin))
+        self._heads.binding = note.RunBinding(self.run.run, rec.seq, leaf_hash(rec.leaf()))
+        if failed is not None:
+            self._witness_failed(failed, None)
 
     # -- appending -------------------------------------------------------------------
 
@@ -133,6 +181,23 @@ class Ledger:
         assert head is not None
         return head
 
+    def head(self) -> note.Checkpoint | None:
+        """A head over everything appended so far (by this process or any other), if
+        some record is not covered yet and this ledger makes heads; else ``None``. How a
+        supervisor signs what its job's processes appended without a key."""
+        self._check_open()
+        if not self._heads_wanted() or not self._uncovered():
+            return None
+        _, made = self._commit(None, head=True)
+        return made
+
+    def _uncovered(self) -> bool:
+        with self._store.lock:
+            row = self._store.conn.execute(
+                "SELECT (SELECT size FROM state), (SELECT max(size) FROM heads)"
+            ).fetchone()
+        return bool(row[0] > (row[1] or 0))
+
     def _commit(
         self, record: Record | None, *, head: bool
     ) -> tuple[Record | None, note.Checkpoint | None]:
@@ -152,7 +217,9 @@ class Ledger:
                     head = head and self._heads_wanted()
                 if head:
                     try:
-                        made, advance = self._sign_in(c, held, tree.size, tree.root())
+                        made, advance = self._heads.make(
+                            c, held, self.origin, tree.size, tree.root()
+                        )
                     except (ConfigError, IntegrityError) as exc:
                         if record is None:
                             raise
@@ -189,32 +256,24 @@ class Ledger:
     def _heads_wanted(self) -> bool:
         return self.signing or self._witness.configured
 
-    def _sign_in(
-        self, c: Any, held: contextlib.ExitStack, size: int, root: bytes
-    ) -> tuple[note.Checkpoint, Callable[[], object] | None]:
-        """Make and store a head inside the open transaction. With the ratchet, the lock
-        enters ``held`` (kept until the seed has advanced after the commit), and the
-        advance is returned for the caller to run once the commit succeeded."""
-        advance: Callable[[], object] | None = None
-        if self._ratchet is None:
-            body = note.body_text(self.origin, size, root)
-            head = note.sign(body, self.origin, self._key)
-        else:
-            held.enter_context(self._ratchet.locked())
-            row = c.execute("SELECT note FROM heads ORDER BY id DESC LIMIT 1").fetchone()
-            last = note.parse(row[0]).epoch if row else None
-            head, advance = self._ratchet.sign(self.origin, size, root, last)
-        c.execute("INSERT INTO heads (size, note) VALUES (?, ?)", (size, head.text))
-        return head, advance
-
     def _publish(self, head: note.Checkpoint) -> None:
         """Send the head to the witness; a failure is recorded, never raised."""
         for text in self._witness.send(head.text):
-            self.append_event(
-                f"a signed head (size {head.size}) could not be exported: {text}",
-                severity=Severity.MEDIUM,
-                evidence={"tree_size": head.size, "error": text},
-            )
+            self._witness_failed(text, head.size)
+
+    def _witness_failed(self, text: str, size: int | None) -> None:
+        """Recorded once per distinct failure: a witness that stays down must not add a
+        record per head (each of which would need another head, and so on)."""
+        if text in self._reported:
+            return
+        self._reported.add(text)
+        self.witness_errors.append(text)
+        what = f"a signed head (size {size})" if size is not None else "the run"
+        self.append_event(
+            f"{what} could not be exported to the witness: {text}",
+            severity=Severity.MEDIUM,
+            evidence={"tree_size": size, "error": text},
+        )
 
     def _head_problem(self, exc: Exception) -> None:
         self.append_alert(
@@ -253,16 +312,11 @@ class Ledger:
         if self._closed or os.getpid() != self._pid:
             return
         try:
-            if self._heads_wanted():
-                with self._store.lock:
-                    row = self._store.conn.execute(
-                        "SELECT (SELECT size FROM state), (SELECT max(size) FROM heads)"
-                    ).fetchone()
-                if row[0] > (row[1] or 0):
-                    try:
-                        self._commit(None, head=True)
-                    except (ConfigError, IntegrityError) as exc:
-                        self._head_problem(exc)
+            if self._heads_wanted() and self._uncovered():
+                try:
+                    self._commit(None, head=True)
+                except (ConfigError, IntegrityError) as exc:
+                    self._head_problem(exc)
         finally:
             self._closed = True
             store.release(self._store)

@@ -1,11 +1,12 @@
 """Checking signed heads: where they come from, and which key must have signed each.
 
-Heads come from the ledger itself and from the witness (a copy kept elsewhere). Both are
-checked the same way, against the same key chain: with a fixed key every head must be
-signed by it; with the ratchet, epoch 0 is signed by the anchor key and every later
-epoch by the ``next-key`` that a verified head of the epoch before published. A head
-whose epoch the chain cannot reach is reported, because that is exactly what deleting
-heads (to hide a rewrite) leaves behind.
+Heads come from the ledger itself, from witnesses (copies kept elsewhere) and from the
+person verifying (``--expect-head``). All are checked the same way, against the same key
+chain: with a fixed key every head must be signed by it; with the ratchet, epoch 0 is
+signed by the anchor key and every later epoch by the ``next-key`` that a verified head
+of the epoch before published; in a ``trainguard run`` ledger each head by the key of
+the run it names. A head whose epoch the chain cannot reach is reported, because that
+is exactly what deleting heads (to hide a rewrite) leaves behind.
 """
 
 from __future__ import annotations
@@ -20,7 +21,14 @@ from trainguard.errors import ConfigError, VerificationError
 from trainguard.ledger import note
 from trainguard.ledger.store import blob
 
-__all__ = ["HeadRef", "check_chain", "ledger_heads", "witness_heads"]
+__all__ = [
+    "HeadRef",
+    "check_chain",
+    "check_runs",
+    "expected_heads",
+    "ledger_heads",
+    "witness_heads",
+]
 
 Report = Callable[[str, str, dict[str, object]], None]
 
@@ -43,13 +51,45 @@ def ledger_heads(rows: Iterable[tuple[int, int, object]]) -> list[HeadRef]:
     return out
 
 
-def witness_heads(path: Path, origin: str) -> tuple[list[HeadRef], int]:
+def witness_heads(path: Path, origin: str, label: str = "witness") -> tuple[list[HeadRef], int]:
     """This ledger's heads in the witness file; also how many lines were for others."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise VerificationError(f"cannot read the witness file {path}: {exc}") from None
     out, other = [], 0
+    for ref in _note_lines(lines, label):
+        if ref.checkpoint is not None and ref.checkpoint.origin != origin:
+            other += 1
+            continue
+        out.append(ref)
+    return out, other
+
+
+def expected_heads(sources: Iterable[str | Path]) -> list[HeadRef]:
+    """Heads the verifier brings (``--expect-head``): each a file holding one signed note,
+    or witness lines. They are never filtered by origin: one of another ledger is the
+    answer that this is not the ledger it was expected to be."""
+    out: list[HeadRef] = []
+    for source in sources:
+        try:
+            text = Path(source).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise VerificationError(f"cannot read the expected head {source}: {exc}") from None
+        label = f"expected head {len(out) + 1}"
+        if text.lstrip().startswith("{"):
+            refs = _note_lines(text.splitlines(), label)
+        else:
+            refs = [_parse(label, text.strip("\n") + "\n")]
+        bad = [r.error for r in refs if r.checkpoint is None]
+        if bad or not refs:
+            raise VerificationError(f"{source} is not a signed head: {bad[0] if bad else 'empty'}")
+        out.extend(refs)
+    return out
+
+
+def _note_lines(lines: list[str], label: str) -> list[HeadRef]:
+    out = []
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -58,14 +98,10 @@ def witness_heads(path: Path, origin: str) -> tuple[list[HeadRef], int]:
             if not isinstance(text, str):
                 raise TypeError("note is not text")
         except (ValueError, KeyError, TypeError) as exc:
-            out.append(HeadRef(f"witness line {n}", None, f"unreadable: {exc}"))
+            out.append(HeadRef(f"{label} line {n}", None, f"unreadable: {exc}"))
             continue
-        ref = _parse(f"witness line {n}", text)
-        if ref.checkpoint is not None and ref.checkpoint.origin != origin:
-            other += 1
-            continue
-        out.append(ref)
-    return out, other
+        out.append(_parse(f"{label} line {n}", text))
+    return out
 
 
 def _parse(where: str, text: str) -> HeadRef:
@@ -119,6 +155,41 @@ def check_chain(
                 {"epoch": cp.epoch},
             )
     return verified, top, chain
+
+
+def check_runs(
+    heads: list[HeadRef], run_keys: dict[str, bytes | None], report: Report
+) -> tuple[int, int]:
+    """Mode ``run``: every head must name a run this ledger announces (its ``run`` line)
+    and be signed by that run's key. Returns (heads verified, largest size verified)."""
+    verified = covered = 0
+    for h in heads:
+        cp = h.checkpoint
+        if cp is None:
+            continue
+        ev: dict[str, object] = {"tree_size": cp.size}
+        if cp.run is None:
+            report(
+                f"{h.where} (size {cp.size}) names no run: no run's supervisor made it", h.where, ev
+            )
+        elif cp.run.run not in run_keys:
+            report(
+                f"{h.where} (size {cp.size}) is signed for run {cp.run.run}, which this ledger "
+                "does not announce (no run.origin record): forged, or from another ledger",
+                h.where,
+                {**ev, "run": cp.run.run},
+            )
+        else:
+            key = run_keys[cp.run.run]
+            if key is None:
+                if cp.signatures:
+                    report(
+                        f"{h.where} is signed, but run {cp.run.run} announced no key", h.where, ev
+                    )
+            elif _good(h, key, True, report):
+                verified += 1
+                covered = max(covered, cp.size)
+    return verified, covered
 
 
 def _good(h: HeadRef, raw: bytes, signed: bool, report: Report) -> bool:

@@ -36,7 +36,7 @@ import fcntl
 import json
 import os
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from trainguard import keys
@@ -93,7 +93,13 @@ class Ratchet:
         return self._read(self.path)
 
     def sign(
-        self, origin: str, size: int, root: bytes, last_epoch: int | None
+        self,
+        origin: str,
+        size: int,
+        root: bytes,
+        last_epoch: int | None,
+        *,
+        extra: Sequence[str] = (),
     ) -> tuple[note.Checkpoint, Callable[[], object]]:
         """Sign a head with the current epoch's key, publishing the next key in it.
         Returns the head and the advance to run once the head is committed. Call with
@@ -107,7 +113,7 @@ class Ratchet:
                 "the key file was replaced or restored, or heads were removed"
             )
         nxt = keys.public_raw(keys.public_key_of(keys.ed25519_from_seed(next_seed(seed))))
-        body = note.body_text(origin, size, root, epoch=epoch, next_key=nxt)
+        body = note.body_text(origin, size, root, epoch=epoch, next_key=nxt, extra=extra)
         head = note.sign(body, origin, keys.ed25519_from_seed(seed))
         return head, lambda: self.advance(epoch, seed)
 

@@ -69,12 +69,14 @@ def show(
     alert: str | Rule | None = None,
     public_key: Any = None,
     witness: str | os.PathLike[str] | None = None,
+    **checks: Any,
 ) -> dict[str, Any]:
     """The document ``trainguard ledger show --format json`` prints:
-    ``{"records": [...], "verified": bool}``, verified over the whole ledger."""
+    ``{"records": [...], "verified": bool}``, verified over the whole ledger (``checks``:
+    the further arguments of ``verify``: ``witness_dir``, ``origin``, ``expect_heads``)."""
     from trainguard.ledger.verify import verify
 
-    result = verify(path, public_key=public_key, witness=witness)
+    result = verify(path, public_key=public_key, witness=witness, **checks)
     return {
         "records": [r.to_json() for r in read_records(path, alert)],
         "verified": result.intact,

@@ -4,7 +4,13 @@ The header is written once, by whichever process creates the ledger, inside a wr
 transaction, so ranks that start together agree on one origin. It also pins how heads
 are signed: a ledger started with a fixed key refuses another key, and a ratchet ledger
 refuses a fixed key, because either switch would leave heads that no single verifier
-key chain accepts.
+key chain accepts. Mode ``run`` is ``trainguard run``'s: every run brings its own key
+(announced in its ``run.origin`` record), and the job's processes, which hold no key,
+append without signing.
+
+Once a head exists the header never changes again, and every head carries a digest of
+it (``note.meta_digest``): an edited ``mode`` (say, to ``none``, to pass unsigned heads
+off as fine), ``origin``, ``format`` or ``version`` row is found by ``verify``.
 """
 
 from __future__ import annotations
@@ -32,9 +38,10 @@ def resolve_key(key: keys.PrivateKey | str | os.PathLike[str] | None) -> keys.Pr
 
 
 def open_meta(
-    store: Store, key: keys.PrivateKey | None, ratchet: Ratchet | None
+    store: Store, key: keys.PrivateKey | None, ratchet: Ratchet | None, *, run: bool = False
 ) -> tuple[str, bytes | None]:
-    """Create or check the header; returns (origin, epoch-0 / fixed public key)."""
+    """Create or check the header; returns (origin, epoch-0 / fixed public key).
+    ``run``: opened by a run's supervisor with that run's own ``key`` (or none)."""
     with store.transaction("the ledger header") as c:
         meta = dict(c.execute("SELECT key, value FROM meta").fetchall())
         if not meta:
@@ -49,6 +56,9 @@ def open_meta(
         if meta.get("format") != FORMAT or meta.get("version") != VERSION:
             raise ConfigError(f"{store.db} is not a version {VERSION} trainguard ledger")
         mode, first = meta.get("mode", "none"), meta.get("first_key", "")
+        if run or mode == "run":
+            _run_mode(c, mode, key, ratchet, run)
+            return meta["origin"], None
         pub = keys.public_raw(keys.public_key_of(key)) if key is not None else None
         if not first and (pub is not None or ratchet is not None):
             (unsigned,) = c.execute("SELECT count(*) FROM heads").fetchone()
@@ -89,6 +99,35 @@ def open_meta(
                 _set(c, mode="key", first_key=b64)
                 first = b64
     return meta["origin"], base64.b64decode(first) if first else None
+
+
+def _run_mode(
+    c: sqlite3.Connection,
+    mode: str,
+    key: keys.PrivateKey | None,
+    ratchet: Ratchet | None,
+    run: bool,
+) -> None:
+    if not run:  # a job process (or a later reader) on a run ledger: append, never sign
+        if key is not None or ratchet is not None:
+            raise ConfigError(
+                "this ledger's heads are signed by the supervisor of each `trainguard run`, "
+                "with a key of that run's own: open it without a key"
+            )
+        return
+    if mode in ("key", "ratchet"):
+        raise ConfigError(
+            f"this ledger's heads are signed with a {'fixed key' if mode == 'key' else 'ratchet'}"
+            ": give `trainguard run` that key (--ledger-key), or a new --ledger folder"
+        )
+    if mode != "run":
+        (unsigned,) = c.execute("SELECT count(*) FROM heads").fetchone()
+        if unsigned:
+            raise ConfigError(
+                "this ledger already has unsigned heads (a witness without a key): "
+                "start a new ledger folder for `trainguard run`"
+            )
+        _set(c, mode="run")
 
 
 def _set(c: sqlite3.Connection, **values: str) -> None:

@@ -5,6 +5,14 @@
 findings of safe loading (``load()``/``protect()``) to it: inside a job a blocked load must
 be on record even when the job dies of it a moment later, so each finding is appended
 (and committed) as it is reported.
+
+Under ``trainguard run`` the job's processes hold no key: ``$TRAINGUARD_LEDGER_KEY`` is
+removed from their environment, and the ledger (mode ``run``) refuses one. They append
+(each append is durable when it returns) and the supervisor, which alone holds the run's
+key, signs heads over what they appended (``trainguard.launch.signer``). Nothing a job's
+process does can make a head; what it appended is protected from the head that next
+covers it. Outside ``trainguard run`` (a job that opens its own ledger) the key variable
+works as before.
 """
 
 from __future__ import annotations

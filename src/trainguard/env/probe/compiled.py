@@ -70,10 +70,12 @@ def start(items: list[Item], workers: int) -> list[Any]:
 
 def finish(
     pending: list[Any], items: list[Item], progress: Callable[[str, int, int], None]
-) -> tuple[list[dict[str, Any]], int, int]:
-    """Collect results. Returns findings, pycs compared, and stale ones skipped."""
+) -> tuple[list[dict[str, Any]], int, int, list[str]]:
+    """Collect results. Returns findings, pycs compared, stale ones skipped, and the
+    verdict keys of those that passed."""
     by_pyc = {p: s for p, s, _ in items}
     found: list[dict[str, Any]] = []
+    passed: list[str] = []
     skipped = 0
     for i, part in enumerate(pending):
         if isinstance(part, Future):
@@ -81,13 +83,40 @@ def finish(
                 part = part.result()
             except Exception as exc:  # noqa: BLE001 - a crashed child is a result too
                 part = [
-                    (p, pyc.ERROR, f"checker crashed: {exc!r}")
+                    (p, pyc.ERROR, f"checker crashed: {exc!r}", "")
                     for p, _, _ in items[i * BATCH : (i + 1) * BATCH]
                 ]
-        for path, status, detail in part:
+        for path, status, detail, key in part:
             skipped += status in (pyc.STALE, pyc.GONE, pyc.BAD_MAGIC)
+            if key:
+                passed.append(key)
             f = pyc.finding_for(path, by_pyc[path], status, detail)
             if f is not None:
                 found.append(f)
         progress("pyc", min((i + 1) * BATCH, len(items)), len(items))
-    return found, len(items) - skipped, skipped
+    return found, len(items) - skipped, skipped, passed
+
+
+def uncached(
+    items: list[Item],
+    cache: set[str],
+    hashes: dict[str, tuple[str, int]],
+    stats: dict[str, os.stat_result],
+) -> tuple[list[Item], list[str]]:
+    """Split ``items`` into those still to compile and the keys of cache hits. A hit needs
+    this run's hash and ``fstat`` of both files (hashed by the caller just before)."""
+    todo: list[Item] = []
+    hits: list[str] = []
+    for item in items:
+        p, source, opt = item
+        got = (hashes.get(p), stats.get(p), hashes.get(source), stats.get(source))
+        if None in got:
+            todo.append(item)
+            continue
+        ph, pst, sh, sst = got
+        key = pyc.verdict_key(p, pst, ph[0], source, sst, sh[0], opt)  # type: ignore[index,arg-type]
+        if key in cache:
+            hits.append(key)
+        else:
+            todo.append(item)
+    return todo, hits

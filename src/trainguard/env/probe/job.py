@@ -38,6 +38,11 @@ class Job:
         self.dists: list[records.Dist] = []
         self.owned: dict[str, records.Dist] = {}
         self.sealed: dict[str, dict[str, Any]] | None = None
+        blob = req.get("pyc_cache")
+        self.cache: set[str] | None = None
+        """Verdict keys known good (hex), or None when the parent keeps no cache."""
+        if isinstance(blob, str):
+            self.cache = {blob[i : i + 64] for i in range(0, len(blob), 64)}
 
     @property
     def sealing(self) -> bool:
@@ -108,7 +113,9 @@ class Job:
         regular files when ``stat_files`` is False: see ``resolve``)."""
         roots = self.roots()
         skip = {normkey(r) for r in roots}
-        for d in self.layout.stdlib_dirs:  # the base install's site dirs, when unused
+        # The site dirs of a standard library (this one, or a sealed one it moved from)
+        # are roots of their own when in use, and not part of the environment when not.
+        for d in self.layout.stdlib_dirs + roots:
             for name in ("site-packages", "dist-packages"):
                 skip.add(normkey(os.path.join(d, name)))
         files: dict[str, os.stat_result | None] = {}
@@ -197,6 +204,34 @@ class Job:
                     except OSError:
                         continue
                     planned.add(e.path)
+        return out
+
+    def plan_walked(self, raw: dict[str, os.stat_result | None]) -> list[tuple[str, int]]:
+        """Every regular file walked. Sizes are known only for shared libraries (stat'ed
+        here, so the largest start first); the hashing threads' ``fstat`` gives the rest."""
+        out: list[tuple[str, int]] = []
+        for path, st in raw.items():
+            if st is not None:
+                if stat.S_ISREG(st.st_mode):
+                    out.append((path, st.st_size))
+                continue
+            size = 0
+            if emit.is_code(path) and not path.endswith((".py", ".pyc", ".pth")):
+                with contextlib.suppress(OSError):
+                    size = os.lstat(path).st_size
+            out.append((path, size))
+        return out
+
+    def plan_pycs(
+        self, items: list[tuple[str, str, int]], planned: set[str]
+    ) -> list[tuple[str, int]]:
+        """The pycs to check and their sources not hashed yet, for the verdict cache."""
+        out: list[tuple[str, int]] = []
+        for pyc, source, _ in items:
+            for path in (pyc, source):
+                if path not in planned:
+                    planned.add(path)
+                    out.append((path, 0))
         return out
 
     def collect(self, run: HashRun) -> None:

@@ -62,17 +62,36 @@ def execute(req: dict[str, Any]) -> dict[str, Any]:
         files = job.resolve(raw)
         todo = [i for i in items if not job.vouched_by_seal(i[0], i[1])]
         job.checked["pyc_vouched_by_seal"] = len(items) - len(todo)
+        todo, hits = compiled.uncached(todo, job.cache or set(), job.hashes, job.stats)
+        pending = compiled.start(todo, job.workers)
+    elif job.cache:
+        # A warm verdict cache: every file walked is hashed at once (libraries first)
+        # while the metadata is parsed, .pyc and sources included; then only the pairs
+        # whose key the cache does not hold are compiled.
+        raw = job.walk(stat_files=False) if job.roots() else {}
+        run = HashRun(job.plan_walked(raw), job.workers)
+        planned = set(run.order)
+        job.load_metadata()
+        extra = job.plan_records(planned)
+        items, orphans = _candidates(job, raw)
+        extra += job.plan_pycs(items, planned)
+        job.collect(run)
+        job.collect(HashRun(extra, job.workers))
+        files = job.resolve(raw)
+        todo, hits = compiled.uncached(items, job.cache, job.hashes, job.stats)
         pending = compiled.start(todo, job.workers)
     else:
-        # RECORD mode or making a seal: the compile checks are the long pole, so the pool
-        # forks first and compiles while the threads hash.
+        # RECORD mode or making a seal, no cache: the compile checks are the long pole,
+        # so the pool forks first and compiles while the threads hash.
         files = job.resolve(job.walk()) if job.roots() else {}
         job.load_metadata()
         plan = job.plan_all(files) if job.sealing else []
         plan += job.plan_records({p for p, _ in plan})
-        todo, orphans = _candidates(job, files)
+        items, orphans = _candidates(job, files)
+        todo, hits = items, []
         pending = compiled.start(todo, job.workers)
         job.collect(HashRun(plan, job.workers))
+    job.checked["pyc_cached"] = len(hits)
     job.findings += orphans
 
     found, n = records.check(job.dists, job.lookup, job.hash_errors)
@@ -93,7 +112,7 @@ def execute(req: dict[str, Any]) -> dict[str, Any]:
         walked = {p: st for p, st in files.items() if p not in skip}
         job.findings += inventory.diff(sealed, dirs, walked, job.hashes)
         job.checked["sealed"] = len(sealed)
-    found, checked, stale = compiled.finish(pending, todo, job.progress)
+    found, checked, stale, passed = compiled.finish(pending, todo, job.progress)
     job.findings += found
     job.checked["pyc"] = checked
     if stale:
@@ -105,6 +124,8 @@ def execute(req: dict[str, Any]) -> dict[str, Any]:
         "checked": job.checked,
         "notes": job.notes,
     }
+    if job.cache is not None:
+        answer["pyc_ok"] = "".join(hits + passed)
     if req["mode"] == "seal":
         current = job.entries(files)
         answer["seal"] = {

@@ -7,11 +7,14 @@ of a pristine source. The only independent check is to compile the source again 
 compare the code objects, which compare by content (bytecode, constants, names, line
 table), not by identity. The unmarshalling happens here, in the isolated interpreter.
 
-Compiling holds the GIL, so batches go to forked worker processes.
+Compiling holds the GIL, so batches go to forked worker processes. An "ok" verdict comes
+back with ``verdict_key`` of what it depended on, for the parent's verdict cache
+(``trainguard/env/verdicts.py``): a later run that finds the same key skips the compile.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import marshal
 import os
@@ -26,16 +29,19 @@ STALE = "stale"  # the header no longer matches the source: Python will not use 
 BAD_MAGIC = "bad_magic"  # another Python version: ignored by this interpreter
 GONE = "gone"  # removed while we looked: nothing left to load
 ERROR = "error"
+MAGIC = importlib.util.MAGIC_NUMBER
+_CACHE_DIR = os.sep + "__pycache__"
 
 
 def source_for(pyc: str, cache_tag: str) -> tuple[str | None, int, bool]:
     """Map ``pkg/__pycache__/mod.TAG[.opt-N].pyc`` to ``pkg/mod.py``.
 
     Returns (source path or None when the name is not this interpreter's, optimisation
-    level, whether the pyc sits in ``__pycache__``).
+    level, whether the pyc sits in ``__pycache__``). Plain string work: it runs once per
+    ``.pyc`` of the environment.
     """
-    head, name = os.path.split(pyc)
-    if os.path.basename(head) != "__pycache__":
+    head, _, name = pyc.rpartition(os.sep)
+    if not (head.endswith(_CACHE_DIR) or head == "__pycache__"):
         return None, 0, False
     parts = name.split(".")
     if len(parts) < 3 or parts[1] != cache_tag:
@@ -45,7 +51,7 @@ def source_for(pyc: str, cache_tag: str) -> tuple[str | None, int, bool]:
         opt = int(parts[2][4:])
     elif len(parts) != 3:
         return None, 0, True
-    return os.path.join(os.path.dirname(head), parts[0] + ".py"), opt, True
+    return head[: -len("__pycache__")] + parts[0] + ".py", opt, True
 
 
 def cached_for(source: str) -> list[str]:
@@ -58,41 +64,71 @@ def cached_for(source: str) -> list[str]:
     return out
 
 
-def check_one(pyc: str, source: str, opt: int) -> tuple[str, str]:
+def verdict_key(
+    pyc: str,
+    pyc_st: os.stat_result,
+    pyc_sha: str,
+    source: str,
+    src_st: os.stat_result,
+    src_sha: str,
+    opt: int,
+) -> str:
+    """What one "ok" verdict depends on, hashed (hex): this interpreter's magic number and
+    the optimisation level, and each file's path, identity and content hash. The parent
+    keeps these in its verdict cache (``trainguard/env/verdicts.py``)."""
+
+    def ident(path: str, st: os.stat_result, sha: str) -> str:
+        return f"{path}\0{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}\0{sha}"
+
+    text = "\0".join(
+        (MAGIC.hex(), str(opt), ident(pyc, pyc_st, pyc_sha), ident(source, src_st, src_sha))
+    )
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def _read(path: str) -> tuple[bytes, os.stat_result]:
+    with open(path, "rb") as f:
+        return f.read(), os.fstat(f.fileno())
+
+
+def check_one(pyc: str, source: str, opt: int) -> tuple[str, str, str]:
+    """(status, detail, verdict key): the key (for "ok" only) is made from the very bytes
+    and ``fstat`` this check compiled and compared, never from an earlier look."""
     try:
-        with open(pyc, "rb") as f:
-            data = f.read()
-        with open(source, "rb") as f:
-            src = f.read()
-        st = os.stat(source)
+        data, pyc_st = _read(pyc)
+        src, st = _read(source)
     except FileNotFoundError:
-        return GONE, ""
+        return GONE, "", ""
     except OSError as exc:
-        return ERROR, f"{type(exc).__name__}: {exc.strerror or exc}"
-    if len(data) < 16 or data[:4] != importlib.util.MAGIC_NUMBER:
-        return BAD_MAGIC, ""
+        return ERROR, f"{type(exc).__name__}: {exc.strerror or exc}", ""
+    if len(data) < 16 or data[:4] != MAGIC:
+        return BAD_MAGIC, "", ""
     flags = int.from_bytes(data[4:8], "little")
     if flags & 0b1:
         if flags & 0b10 and importlib.util.source_hash(src) != data[8:16]:
-            return STALE, "source hash differs"
+            return STALE, "source hash differs", ""
     elif flags == 0:
         mtime = int.from_bytes(data[8:12], "little")
         size = int.from_bytes(data[12:16], "little")
         if mtime != (int(st.st_mtime) & 0xFFFFFFFF) or size != (st.st_size & 0xFFFFFFFF):
-            return STALE, "header does not match the source's mtime and size"
+            return STALE, "header does not match the source's mtime and size", ""
     else:
-        return STALE, f"unknown flags {flags}"  # importlib rejects the file
+        return STALE, f"unknown flags {flags}", ""  # importlib rejects the file
     try:
         code = marshal.loads(memoryview(data)[16:])
     except Exception as exc:  # noqa: BLE001 - hostile bytes may raise anything
-        return MISMATCH, f"does not unmarshal: {type(exc).__name__}: {exc}"
+        return MISMATCH, f"does not unmarshal: {type(exc).__name__}: {exc}", ""
     try:
         fresh = compile(src, source, "exec", dont_inherit=True, optimize=opt)
     except (SyntaxError, ValueError) as exc:
-        return MISMATCH, f"the source does not compile ({exc}), yet a pyc exists for it"
+        return MISMATCH, f"the source does not compile ({exc}), yet a pyc exists for it", ""
     if code != fresh and _normalised(code) != _normalised(fresh):
-        return MISMATCH, "code object differs from compile(source)"
-    return OK, ""
+        return MISMATCH, "code object differs from compile(source)", ""
+    key = verdict_key(
+        pyc, pyc_st, hashlib.sha256(data).hexdigest(), source, st,
+        hashlib.sha256(src).hexdigest(), opt,
+    )  # fmt: skip
+    return OK, "", key
 
 
 def _const(value: Any) -> Any:
@@ -114,7 +150,7 @@ def _normalised(code: types.CodeType) -> types.CodeType:
     return code.replace(co_consts=tuple(_const(c) for c in code.co_consts))
 
 
-def check_batch(batch: list[tuple[str, str, int]]) -> list[tuple[str, str, str]]:
+def check_batch(batch: list[tuple[str, str, int]]) -> list[tuple[str, str, str, str]]:
     return [(pyc, *check_one(pyc, source, opt)) for pyc, source, opt in batch]
 
 
