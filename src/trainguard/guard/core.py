@@ -27,7 +27,11 @@ from typing import Any
 from trainguard.errors import ConfigError, GuardStopped
 from trainguard.findings import Alert, Finding, Location, Rule, Severity
 from trainguard.guard.checks.base import Check, StepInfo
+from trainguard.guard.constraints import Constraint
+from trainguard.guard.coverage import Coverage
 from trainguard.guard.heartbeat import Heartbeat
+from trainguard.guard.wrapped import describe, unwrap_optimizer, unwrap_schedulers
+from trainguard.guard.writes import Writes
 from trainguard.ledger.sink import open_ledger
 
 __all__ = ["DEFAULT_EVERY", "Guard"]
@@ -44,6 +48,9 @@ class Guard:
 
     ``model``/``optimizer`` are the objects being trained; ``scheduler`` and ``dataloader``
     let the guard predict the learning rate and the sample order independently.
+    Framework wrappers (accelerate, Lightning, DeepSpeed) are unwrapped to the torch
+    optimizer and schedulers underneath (``trainguard.guard.wrapped``); ``scheduler`` may
+    be a list of schedulers stepped together on the optimizer.
     ``ledger`` is a folder (or an open ``trainguard.ledger.Ledger``); ``None`` uses
     ``$TRAINGUARD_LEDGER`` when set and otherwise keeps alerts in memory only
     (``guard.alerts``). ``every`` is the period, in optimizer steps, of the scheduled
@@ -52,6 +59,11 @@ class Guard:
     ``key`` is the per-run secret
     of the fingerprints (random by default, shared by the ranks of a distributed job).
     ``checks`` replaces the default set (see ``trainguard.guard.checks.default_checks``).
+    ``constraints`` (``Clamp``, ``NonNegative``, ``MaxNorm`` from
+    ``trainguard.guard.constraints``) are applied by the guard after every optimizer step
+    and verified; ``guard.after_step(fn)`` runs a write of your own there instead of in the
+    loop; ``guard.swapped()`` evaluates with other weights (an EMA) and verifies they come
+    back bit-identical (``trainguard.guard.writes``).
     """
 
     def __init__(
@@ -70,12 +82,15 @@ class Guard:
         checks: Sequence[Check] | None = None,
         process: bool = True,
         start_step: int = 0,
+        constraints: Sequence[Constraint] = (),
     ) -> None:
         if every < 1:
             raise ConfigError(f"every must be at least 1, got {every}")
+        opt, sched = unwrap_optimizer(optimizer), unwrap_schedulers(scheduler)
+        optimizer = opt.value
         self.model = model
         self.optimizer = optimizer
-        self.scheduler = scheduler
+        self.scheduler = sched.value
         self.dataloader = dataloader
         self.every = every
         self.seed = seed
@@ -98,13 +113,15 @@ class Guard:
         self.busy_times: deque[float] = deque(maxlen=64)
         self._ledger, self._own_ledger = open_ledger(ledger, self.rank)
         self.key = self._agree_key(key)
-        self._named = _trainable(model, optimizer)
+        self._coverage = Coverage(model, optimizer)
+        self._named = self._coverage.named
         self._heartbeat = Heartbeat.from_env(self.rank)
         if checks is None:
             from trainguard.guard.checks import default_checks
 
             checks = default_checks(process=process)
         self.checks = list(checks)
+        self._writes = Writes(constraints)
         self.event(
             "guard.started",
             {
@@ -113,13 +130,15 @@ class Guard:
                 "parameters": len(self._named),
                 "elements": sum(int(p.numel()) for _, p in self._named),
                 "optimizer": type(optimizer).__name__,
-                "scheduler": type(scheduler).__name__ if scheduler is not None else None,
+                "scheduler": describe(self.scheduler),
+                "unwrapped": {"optimizer": list(opt.wrappers), "scheduler": list(sched.wrappers)},
                 "world_size": self.world_size,
             },
         )
         try:
             for check in self.checks:
                 self._run(check, "attach")
+            self._writes.attach(self)
             self._hooks.append(optimizer.register_step_pre_hook(self._pre_hook))
             self._hooks.append(optimizer.register_step_post_hook(self._post_hook))
         except BaseException:
@@ -206,6 +225,7 @@ class Guard:
         self._step = self._completed + 1
         for check in self.checks:
             self._run(check, "before_step")
+        self._refresh_params()  # after the checks judged the old set, before the update
         self._raise_pending()
 
     def _post_hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
@@ -214,6 +234,7 @@ class Guard:
         self._stepped_since_end = True
         for check in self.checks:
             self._run(check, "after_step")
+        self._writes.settle(self)  # declared writes: after the update check read the step
         self._raise_pending()
 
     def step(self, loss: Any = None, *, batch: Any = None) -> None:
@@ -242,19 +263,55 @@ class Guard:
     @contextlib.contextmanager
     def authorized(self, reason: str = "") -> Iterator[None]:
         """Changes made inside are the user's own (a hand-edited LR, a loaded checkpoint):
-        recorded as an event, then accepted as the new baseline."""
+        recorded as an event, then accepted as the new baseline. Weights written in place
+        before the block opens are judged when it opens, not absorbed; at its end only the
+        weight ranges due for verification are hashed, and what changed is named
+        (``weights.authorized`` event)."""
         stack = "".join(traceback.format_stack(sys._getframe(2), limit=6))
         self.event("guard.authorized", {"reason": reason, "stack": stack})
         self._authorized += 1
         try:
+            if self._authorized == 1:
+                self._writes.opened(self)  # writes made before the block are judged now
             yield
         finally:
+            if self._authorized == 1:
+                self._refresh_params()  # still authorized: the checks may see it
             self._authorized -= 1
             if not self._authorized:
                 for check in self.checks:
                     self._run(check, "rebaseline")
 
+    def after_step(self, fn: Callable[[], object], *, params: Sequence[str] | None = None) -> None:
+        """Run ``fn()`` after every optimizer step, in the guard's post-step hook under
+        ``torch.no_grad()``, instead of writing weights in the training loop (where the
+        weights check would see the write as tampering). ``params`` (name patterns; all by
+        default) are the parameters it may write: they are re-baselined after it, any other
+        write is still caught. ``fn``'s code is digested now and must not change."""
+        self._writes.add(self, fn, params)
+
+    @contextlib.contextmanager
+    def swapped(self, shadow: Any = None, *, params: Any = None) -> Iterator[None]:
+        """Evaluate with other weights, e.g. an EMA: with ``shadow`` (tensors aligned with
+        ``params``, default ``model.parameters()``, or a name-to-tensor mapping) the guard
+        copies them in and restores the model's own at the end; without, do the
+        store/copy_to/restore yourself inside. At the end every weight must be
+        bit-identical to its value when the block began, else ``runtime.weight_tamper``."""
+        with self._writes.swapped(self, shadow, params):
+            yield
+
     # -- plumbing ----------------------------------------------------------------------
+
+    def _refresh_params(self) -> None:
+        """``add_param_group`` and the like: watch the optimizer's parameters as they are
+        now (``trainguard.guard.coverage``)."""
+        change = self._coverage.refresh()
+        if change is None:
+            return
+        self._named = self._coverage.named
+        self.event("guard.params_changed", {**change.evidence(), "authorized": self.is_authorized})
+        for check in self.checks:
+            self._run(check, "params_changed")
 
     def _run(self, check: Check, hook: str, *args: Any) -> None:
         try:
@@ -310,6 +367,7 @@ class Guard:
         self._closed = True
         for handle in self._hooks:
             handle.remove()
+        self._writes.close(self)
         for check in reversed(self.checks):
             self._run(check, "close")
         self.event(
@@ -337,22 +395,6 @@ def _dist_rank() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return int(dist.get_rank()), int(dist.get_world_size())
     return int(os.environ.get("RANK", "0") or 0), 1
-
-
-def _trainable(model: Any, optimizer: Any) -> list[tuple[str, Any]]:
-    """Parameters the optimizer updates, named by the model where it can."""
-    names = {}
-    if model is not None and hasattr(model, "named_parameters"):
-        names = {id(p): n for n, p in model.named_parameters()}
-    out: list[tuple[str, Any]] = []
-    seen: set[int] = set()
-    for gi, group in enumerate(optimizer.param_groups):
-        for pi, p in enumerate(group["params"]):
-            if id(p) in seen:
-                continue
-            seen.add(id(p))
-            out.append((names.get(id(p), f"param_groups[{gi}].params[{pi}]"), p))
-    return out
 
 
 def _scalar(value: Any) -> float | None:

@@ -9,9 +9,10 @@ The callback is an adapter, no check logic lives here. What it has to get right 
 framework's plumbing:
 
 * accelerate wraps the optimizer and the scheduler (``AcceleratedOptimizer``,
-  ``AcceleratedScheduler``). The guard hooks the real torch optimizer underneath, so a
-  step that accelerate skips (an fp16 overflow) is not seen as a step, and it predicts the
-  learning rate from the real scheduler.
+  ``AcceleratedScheduler``). ``Guard`` unwraps them itself (``trainguard.guard.wrapped``)
+  and hooks the real torch optimizer underneath, so a step that accelerate skips (an fp16
+  overflow) is not seen as a step, and it predicts the learning rate from the real
+  scheduler.
 * ``Trainer.train(resume_from_checkpoint=...)`` loads the weights, the optimizer and the
   scheduler *before* ``on_train_begin`` (the guard baselines the loaded state), but the
   RNG state only *after* it, at the start of the first epoch it runs (``_load_rng_state``
@@ -78,14 +79,14 @@ class TrainguardCallback(TrainerCallback):
         **kwargs: Any,
     ) -> None:
         self.close()  # a previous train() that ended in an exception left its guard open
-        optimizer = _unwrap(kwargs.get("optimizer"), "optimizer")
+        optimizer = kwargs.get("optimizer")
         if optimizer is None:
             raise ConfigError("trainguard: the Trainer passed no optimizer to guard")
         self._loss = None
         self.guard = Guard(
             kwargs.get("model"),
             optimizer,
-            scheduler=_unwrap(kwargs.get("lr_scheduler"), "scheduler"),
+            scheduler=kwargs.get("lr_scheduler"),
             dataloader=kwargs.get("train_dataloader"),
             ledger=self.ledger,
             every=self.every,
@@ -167,15 +168,3 @@ class TrainguardCallback(TrainerCallback):
         if self._resume is not None:
             resume, self._resume = self._resume, None
             resume.close()
-
-
-def _unwrap(obj: Any, attr: str) -> Any:
-    """The innermost object under framework wrappers that keep it in ``attr``
-    (accelerate's ``AcceleratedOptimizer.optimizer``, ``AcceleratedScheduler.scheduler``,
-    DeepSpeed's wrapper...). A plain torch optimizer or scheduler has no such attribute."""
-    for _ in range(8):
-        inner = getattr(obj, attr, None)
-        if inner is None or inner is obj:
-            break
-        obj = inner
-    return obj

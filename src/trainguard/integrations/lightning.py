@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from trainguard.errors import ConfigError
 from trainguard.findings import Severity
 from trainguard.guard import DEFAULT_EVERY, Guard
+from trainguard.guard.wrapped import unwrap_optimizer
 
 if TYPE_CHECKING:
     from lightning.pytorch import Callback as _Callback
@@ -93,11 +94,10 @@ class TrainguardCallback(_Callback):
         optimizers = list(trainer.optimizers)
         if not optimizers:
             raise ConfigError("trainguard: the LightningModule configured no optimizer to guard")
-        optimizer = _unwrap(optimizers[0], "optimizer")
         self.guard = Guard(
             pl_module,
-            optimizer,
-            scheduler=_scheduler_of(trainer, optimizers[0], optimizer),
+            optimizers[0],  # a LightningOptimizer or the torch one: Guard unwraps it
+            scheduler=_schedulers_of(trainer, optimizers[0]),
             dataloader=_dataloader_of(trainer),
             ledger=self.ledger,
             every=self.every,
@@ -150,25 +150,17 @@ class TrainguardCallback(_Callback):
             self.guard.close()
 
 
-def _unwrap(obj: Any, attr: str) -> Any:
-    """The innermost object under wrappers that keep it in ``attr`` (``LightningOptimizer``
-    keeps the torch optimizer in ``.optimizer``). A torch optimizer has no such attribute."""
-    for _ in range(8):
-        inner = getattr(obj, attr, None)
-        if inner is None or inner is obj:
-            break
-        obj = inner
-    return obj
-
-
-def _scheduler_of(trainer: Any, optimizer: Any, inner: Any) -> Any:
-    """The first scheduler configured for the guarded optimizer (Lightning steps it per
-    ``interval``/``frequency``; the checks follow the scheduler's own ``step`` calls)."""
-    for config in getattr(trainer, "lr_scheduler_configs", None) or ():
-        scheduler = getattr(config, "scheduler", None)
-        if getattr(scheduler, "optimizer", None) in (optimizer, inner):
-            return scheduler
-    return None
+def _schedulers_of(trainer: Any, optimizer: Any) -> Any:
+    """The schedulers configured for the guarded optimizer: one, a tuple of several (the
+    guard follows their composed learning rate), or ``None``. Lightning steps each per its
+    ``interval``/``frequency``; the checks follow the schedulers' own ``step`` calls."""
+    inner = unwrap_optimizer(optimizer).value
+    found = [
+        config.scheduler
+        for config in getattr(trainer, "lr_scheduler_configs", None) or ()
+        if getattr(getattr(config, "scheduler", None), "optimizer", None) in (optimizer, inner)
+    ]
+    return found[0] if len(found) == 1 else tuple(found) or None
 
 
 def _dataloader_of(trainer: Any) -> Any:

@@ -3,12 +3,16 @@
 A check is a small object with hooks that the ``Guard`` calls at fixed points of a
 training step. Each hook is optional (the base class does nothing)::
 
-    attach       once, when the guard starts watching
-    before_step  inside ``optimizer.step()``, before the optimizer touches anything
-    after_step   inside ``optimizer.step()``, right after the update
-    end_step     from ``guard.step(loss=..., batch=...)`` (or an integration callback)
-    rebaseline   when a ``guard.authorized()`` block ends: accept the current state
-    close        when the guard stops: undo every patch the check made
+    attach          once, when the guard starts watching
+    before_step     inside ``optimizer.step()``, before the optimizer touches anything
+    after_step      inside ``optimizer.step()``, right after the update
+    end_step        from ``guard.step(loss=..., batch=...)`` (or an integration callback)
+    rebaseline      when a ``guard.authorized()`` block ends: accept the current state
+    params_changed  the optimizer's parameters changed (``add_param_group``): extend the
+                    coverage to ``ctx.named_parameters`` as it is now; called in the
+                    pre-step hook after every ``before_step`` (which judged the old set),
+                    or at the end of an ``authorized()`` block, before ``rebaseline``
+    close           when the guard stops: undo every patch the check made
 
 Checks never print or raise to report; they call ``ctx.emit`` (alerts) and
 ``ctx.event`` (evidence for the ledger). A check that cannot check something says so
@@ -48,7 +52,10 @@ class GuardContext(Protocol):
     world_size: int
     every: int
     seed: int | None
-    checks: Sequence[Check]
+
+    @property
+    def checks(self) -> Sequence[Check]:
+        """Every check the guard runs (read-only: a guard's ``list`` satisfies it)."""
 
     @property
     def current_step(self) -> int:
@@ -105,6 +112,11 @@ class Check:
         return None
 
     def rebaseline(self, ctx: GuardContext) -> None:
+        return None
+
+    def params_changed(self, ctx: GuardContext) -> None:
+        """No-op: checks that read ``ctx.named_parameters`` afresh need nothing, and
+        re-running ``attach`` would re-install what a check patched."""
         return None
 
     def close(self, ctx: GuardContext) -> None:

@@ -1,57 +1,81 @@
 """Optimizer hyper-parameters change only through the scheduler (``runtime.optimizer_tamper``).
 
 Every value of every param group (lr, betas, eps, weight decay, momentum, ...) is recorded
-at each optimizer step and compared at the next. Legitimate changes are the scheduler's
-(its ``last_epoch`` moved since the last optimizer step: nothing of the scheduler is
-patched or wrapped, so its ``state_dict`` stays picklable) and those made inside
-``guard.authorized()``; anything else, from any code path, is tampering.
+at each optimizer step and compared at the next. Legitimate changes are the schedulers'
+(a scheduler's ``last_epoch`` moved since the last optimizer step: nothing of a scheduler
+is patched or wrapped, so its ``state_dict`` stays picklable) and those made inside
+``guard.authorized()``; anything else, from any code path, is tampering. Parameter groups
+appended by ``add_param_group`` are accepted (the guard records a ``guard.params_changed``
+event and watches the new parameters); groups removed or parameters swapped are not.
 
-The scheduler itself is not trusted either: for the schedulers whose value is a formula
-of the step (``StepLR``, ``MultiStepLR``, ``ExponentialLR``, ``LinearLR``, ``ConstantLR``,
-``PolynomialLR``, ``CosineAnnealingLR``, ``CosineAnnealingWarmRestarts``, ``LambdaLR``,
-``SequentialLR`` of those) the expected learning rate is recomputed here from the base
-learning rates and ``last_epoch`` and compared with what ``step()`` set, within a relative
-``1e-6`` (torch computes some of these recursively, so the last digits drift; a 1%
-change is four orders of magnitude above that), and only ``lr`` may move with it. Other
-schedulers (``OneCycleLR`` also cycles momentum) are observed: any change made in a step
-in which they stepped is accepted.
-A user who sets the learning rate by hand each step passes ``scheduler=`` a callable
-``step -> lr`` instead.
+The schedulers themselves are not trusted either; their learning rate is recomputed here
+(``trainguard.guard.checks.schedules``, plain Python) and compared with what ``step()``
+set, within a relative ``1e-6`` (torch computes some schedules recursively, so the last
+digits drift; a 1% change is four orders of magnitude above that), and only ``lr`` (and
+``OneCycleLR``'s momentum) may move with them:
+
+* one scheduler whose value is a formula of the step (``StepLR``, ``MultiStepLR``,
+  ``ExponentialLR``, ``LinearLR``, ``ConstantLR``, ``PolynomialLR``, ``CosineAnnealingLR``,
+  ``CosineAnnealingWarmRestarts``, ``LambdaLR``, ``OneCycleLR``, ``SequentialLR`` of those):
+  its closed form at ``last_epoch``, from the base learning rates;
+* several schedulers stepped on one optimizer (``scheduler=[warmup, cosine]`` stepped by
+  hand, or a ``ChainedScheduler``): each step's effect composed on a shadow learning
+  rate (``schedules.Chain``), which never takes the optimizer's value except at the start
+  and after an ``authorized()`` block;
+* a callable ``step -> lr`` passed as ``scheduler=``, for learning rates set by hand.
+
+What the check trusts, named:
+
+* the schedulers that exist when the guard starts and drive its optimizer: those passed as
+  ``scheduler=`` and, found through the garbage collector (``schedules.untold``), those
+  that were not passed (recorded as a ``hyper.untold_schedulers`` event). One created
+  after the guard started is not trusted: its changes are tampering;
+* each scheduler's own attributes (``gamma``, ``T_max``, ``lr_lambdas``...) and how often
+  it is stepped (an extra ``step()`` is a schedule, not an edit);
+* a scheduler it cannot recompute (``CyclicLR``, ``ReduceLROnPlateau``, a third-party or
+  subclassed one, one without ``last_epoch``, an epoch that jumps backwards): every change
+  made in a step in which it stepped is accepted. That is *observed, not predicted*, and
+  said once per reason with a ``hyper.observed`` event, never an alert.
 """
 
 from __future__ import annotations
 
 import math
-from bisect import bisect_right
 from collections.abc import Callable
 from typing import Any
 
 from trainguard.findings import Rule, Severity
 from trainguard.guard.checks.base import Check, GuardContext
+from trainguard.guard.checks.schedules import Chain, close, cycled, expected_lrs, flatten, untold
+from trainguard.guard.wrapped import unwrap_optimizer
 
 __all__ = ["HyperCheck", "expected_lrs"]
 
 _SKIP = {"params"}
-_CYCLED = {"lr", "momentum", "betas"}  # what OneCycleLR / CyclicLR move besides lr
-_REL = 1e-6
 
 
 class HyperCheck(Check):
+    """Record every param-group value; accept only the schedulers' changes (module doc).
+    ``discover=False`` trusts only the schedulers passed to the guard."""
+
     name = "hyper"
 
-    def __init__(self) -> None:
+    def __init__(self, *, discover: bool = True) -> None:
+        self.discover = discover
         self._recorded: list[dict[str, Any]] = []
         self._params: list[tuple[int, ...]] = []
         self._scheduler: Any = None
         self._epoch: Any = None
+        self._chain: Chain | None = None
         self._fn: Callable[[int], Any] | None = None
+        self._said: set[str] = set()
 
     def attach(self, ctx: GuardContext) -> None:
         sched = ctx.scheduler
-        if sched is not None and hasattr(sched, "last_epoch") and hasattr(sched, "optimizer"):
-            self._scheduler = sched
-        elif callable(sched):
+        if _is_schedule_fn(sched):
             self._fn = sched
+        else:
+            self._follow(ctx, sched)
         self.rebaseline(ctx)
         self._epoch = None  # check what the scheduler set at construction at step 1
 
@@ -60,26 +84,36 @@ class HyperCheck(Check):
         self._recorded = [_values(g) for g in groups]
         self._params = [tuple(id(p) for p in g["params"]) for g in groups]
         self._epoch = getattr(self._scheduler, "last_epoch", None)
+        if self._chain is not None:
+            self._chain.reset(groups)
 
     def before_step(self, ctx: GuardContext) -> None:
         if ctx.is_authorized:
             return
         groups = ctx.optimizer.param_groups
-        if [tuple(id(p) for p in g["params"]) for g in groups] != self._params:
-            ctx.emit(
-                Rule.OPTIMIZER_TAMPER,
-                Severity.CRITICAL,
-                "the optimizer's parameter groups changed (parameters added, removed or "
-                "swapped) outside guard.authorized()",
-                where="optimizer.param_groups",
-                evidence={"groups_before": len(self._params), "groups_now": len(groups)},
-            )
-            self.rebaseline(ctx)
-            return
+        ids = [tuple(id(p) for p in g["params"]) for g in groups]
+        if ids != self._params:
+            if not _appended(self._params, ids):
+                ctx.emit(
+                    Rule.OPTIMIZER_TAMPER,
+                    Severity.CRITICAL,
+                    "the optimizer's parameter groups changed (parameters removed or "
+                    "swapped) outside guard.authorized()",
+                    where="optimizer.param_groups",
+                    evidence={"groups_before": len(self._params), "groups_now": len(groups)},
+                )
+                self.rebaseline(ctx)
+                return
+            # add_param_group: honest and common (the guard records guard.params_changed);
+            # a new group's values are its baseline, the old groups are checked as usual
+            self._recorded.extend(_values(g) for g in groups[len(self._params) :])
+            self._params = ids
         scheduled: set[str] = set()
         if self._scheduler is not None and self._scheduler.last_epoch != self._epoch:
             self._epoch = self._scheduler.last_epoch
             scheduled = self._check_schedule(ctx, groups)
+        if self._chain is not None:
+            scheduled = self._check_chain(ctx, groups)
         if self._fn is not None:
             self._expect_fn(ctx, groups)
             scheduled = {"lr"}
@@ -102,19 +136,49 @@ class HyperCheck(Check):
                     )  # fmt: skip
             self._recorded[gi] = now
 
-    # -- the scheduler -------------------------------------------------------------------
+    # -- the schedulers ------------------------------------------------------------------
+
+    def _follow(self, ctx: GuardContext, sched: Any) -> None:
+        """Which schedulers drive the optimizer: the ones passed (those of another
+        optimizer are set aside) and the ones alive now that were not passed."""
+        told = flatten(sched)
+        mine = [s for s in told if _drives(s, ctx.optimizer)]
+        others = [type(s).__name__ for s in told if all(s is not m for m in mine)]
+        if others:
+            ctx.event(
+                "hyper.scheduler_ignored",
+                {"check": self.name, "schedulers": others, "reason": "drives another optimizer"},
+            )
+        given = list(sched) if isinstance(sched, (list, tuple)) else [sched]
+        found = untold(ctx.optimizer, [*given, *told]) if self.discover else []
+        if found:
+            ctx.event(
+                "hyper.untold_schedulers",
+                {
+                    "check": self.name,
+                    "schedulers": [type(s).__name__ for s in found],
+                    "reason": "they drive the optimizer and existed when the guard started; "
+                    "pass them as scheduler= to name them",
+                },
+            )
+        scheds = mine + flatten(found)
+        if len(scheds) == 1 and isinstance(getattr(scheds[0], "last_epoch", None), int):
+            self._scheduler = scheds[0]
+        elif scheds:
+            self._chain = Chain(scheds)
 
     def _check_schedule(self, ctx: GuardContext, groups: list[dict[str, Any]]) -> set[str]:
         """The scheduler stepped since the last optimizer step: check what it set against
         its formula, and say which keys it may have changed (all, for schedulers that are
         not a formula: they are observed, not verified)."""
         expected = expected_lrs(self._scheduler)
-        if expected is None:
-            return {"*"}
         name = type(self._scheduler).__name__
+        if expected is None:
+            self._observed(ctx, f"{name} is not a schedule trainguard recomputes", [name])
+            return {"*"}
         for gi, (group, want) in enumerate(zip(groups, expected, strict=False)):
             got = float(group["lr"])
-            if not _close(got, want):
+            if not close(got, want):
                 ctx.emit(
                     Rule.OPTIMIZER_TAMPER,
                     Severity.CRITICAL,
@@ -125,7 +189,40 @@ class HyperCheck(Check):
                     evidence={"group": gi, "lr": got, "expected": want,
                               "scheduler": name, "last_epoch": self._epoch},
                 )  # fmt: skip
-        return _CYCLED if name == "OneCycleLR" else {"lr"}
+        return set(cycled(self._scheduler))
+
+    def _check_chain(self, ctx: GuardContext, groups: list[dict[str, Any]]) -> set[str]:
+        assert self._chain is not None
+        verdict = self._chain.judge(groups)
+        for reason in verdict.observed:
+            self._observed(ctx, reason, list(verdict.stepped))
+        names = ", ".join(verdict.stepped)
+        for gi, got, want in verdict.mismatches:
+            ctx.emit(
+                Rule.OPTIMIZER_TAMPER,
+                Severity.CRITICAL,
+                f"param_groups[{gi}]['lr'] is {got!r}, but the schedulers that stepped "
+                f"({names}) give {want!r} (changed out of band, or a scheduler's code was)",
+                where=f"optimizer.param_groups[{gi}].lr",
+                evidence={"group": gi, "lr": got, "expected": want,
+                          "schedulers": list(verdict.stepped)},
+            )  # fmt: skip
+        return set(verdict.keys)
+
+    def _observed(self, ctx: GuardContext, reason: str, schedulers: list[str]) -> None:
+        """Say once per reason that a learning rate is observed, not predicted."""
+        if reason in self._said:
+            return
+        self._said.add(reason)
+        ctx.event(
+            "hyper.observed",
+            {
+                "check": self.name,
+                "reason": reason,
+                "schedulers": schedulers,
+                "effect": "changes made in the steps it stepped are accepted, not predicted",
+            },
+        )
 
     def _expect_fn(self, ctx: GuardContext, groups: list[dict[str, Any]]) -> None:
         assert self._fn is not None
@@ -133,7 +230,7 @@ class HyperCheck(Check):
         wants = list(want) if isinstance(want, (list, tuple)) else [want] * len(groups)
         for gi, (group, w) in enumerate(zip(groups, wants, strict=False)):
             got = float(group["lr"])
-            if not _close(got, float(w)):
+            if not close(got, float(w)):
                 ctx.emit(
                     Rule.OPTIMIZER_TAMPER,
                     Severity.CRITICAL,
@@ -144,80 +241,29 @@ class HyperCheck(Check):
                 )
 
 
-def expected_lrs(sched: Any, epoch: int | None = None) -> list[float] | None:
-    """The learning rates ``sched`` should have set at ``epoch`` (its ``last_epoch`` by
-    default), computed from its base learning rates; ``None`` for schedulers that are
-    not a formula of the step."""
-    kind = type(sched).__name__
-    e = sched.last_epoch if epoch is None else epoch
-    bases = [float(b) for b in getattr(sched, "base_lrs", [])]
-    if kind == "SequentialLR":
-        milestones = list(sched._milestones)
-        idx = bisect_right(milestones, e)
-        child = sched._schedulers[idx]
-        start = milestones[idx - 1] if idx > 0 else 0
-        return expected_lrs(child, e - start if idx > 0 else e)
-    formula = _FORMULAS.get(kind)
-    if formula is None or type(sched).__module__ != "torch.optim.lr_scheduler":
-        return None
-    return [formula(sched, base, i, e) for i, base in enumerate(bases)]
+def _is_schedule_fn(sched: Any) -> bool:
+    """A plain ``step -> lr`` callable, not a scheduler object."""
+    return (
+        sched is not None
+        and not isinstance(sched, (list, tuple))
+        and callable(sched)
+        and not hasattr(sched, "last_epoch")
+    )
 
 
-def _lambda(s: Any, base: float, i: int, e: int) -> float:
-    return base * float(s.lr_lambdas[i](e))
+def _drives(sched: Any, optimizer: Any) -> bool:
+    inner = getattr(sched, "optimizer", None)
+    if inner is None:
+        return True  # a third-party scheduler that does not say: assume it is this one's
+    try:
+        return unwrap_optimizer(inner).value is optimizer
+    except Exception:  # noqa: BLE001 - not an optimizer: not this one
+        return False
 
 
-def _multistep(s: Any, base: float, i: int, e: int) -> float:
-    hits = sum(count for m, count in s.milestones.items() if m <= e)
-    return float(base * float(s.gamma) ** hits)
-
-
-def _linear(s: Any, base: float, i: int, e: int) -> float:
-    frac = min(s.total_iters, e) / s.total_iters
-    return float(base * (s.start_factor + (s.end_factor - s.start_factor) * frac))
-
-
-def _cosine(s: Any, base: float, i: int, e: int) -> float:
-    return float(s.eta_min + (base - s.eta_min) * (1 + math.cos(math.pi * e / s.T_max)) / 2)
-
-
-def _warm_restarts(s: Any, base: float, i: int, e: int) -> float:
-    cos = 1 + math.cos(math.pi * s.T_cur / s.T_i)
-    return float(s.eta_min + (base - s.eta_min) * cos / 2)
-
-
-def _polynomial(s: Any, base: float, i: int, e: int) -> float:
-    return float(base * (1.0 - min(s.total_iters, e) / s.total_iters) ** s.power)
-
-
-def _one_cycle(s: Any, base: float, i: int, e: int) -> float:
-    group = s.optimizer.param_groups[i]
-    start = 0.0
-    phases = s._schedule_phases
-    for n, phase in enumerate(phases):
-        end = phase["end_step"]
-        if e <= end or n == len(phases) - 1:
-            pct = float((e - start) / (end - start))
-            a, b = float(group[phase["start_lr"]]), float(group[phase["end_lr"]])
-            if getattr(s, "_anneal_func_type", "cos") == "linear":
-                return (b - a) * pct + a
-            return b + (a - b) / 2.0 * (math.cos(math.pi * pct) + 1)
-        start = end
-    raise ValueError("OneCycleLR has no phases")
-
-
-_FORMULAS: dict[str, Callable[[Any, float, int, int], float]] = {
-    "OneCycleLR": _one_cycle,
-    "LambdaLR": _lambda,
-    "StepLR": lambda s, b, i, e: b * float(s.gamma) ** (e // s.step_size),
-    "MultiStepLR": _multistep,
-    "ExponentialLR": lambda s, b, i, e: b * float(s.gamma) ** e,
-    "ConstantLR": lambda s, b, i, e: b * (s.factor if e < s.total_iters else 1.0),
-    "LinearLR": _linear,
-    "CosineAnnealingLR": _cosine,
-    "CosineAnnealingWarmRestarts": _warm_restarts,
-    "PolynomialLR": _polynomial,
-}
+def _appended(before: list[tuple[int, ...]], now: list[tuple[int, ...]]) -> bool:
+    """``add_param_group``: every old group as it was, new groups after them."""
+    return len(now) > len(before) and now[: len(before)] == before
 
 
 def _values(group: dict[str, Any]) -> dict[str, Any]:
@@ -237,7 +283,3 @@ def _same(a: Any, b: Any) -> bool:
     if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
         return True
     return bool(a == b)
-
-
-def _close(got: float, want: float) -> bool:
-    return abs(got - want) <= _REL * max(abs(got), abs(want)) + 1e-15

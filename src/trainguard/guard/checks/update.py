@@ -327,6 +327,11 @@ class UpdateCheck(Check):
             },
         )
 
+    def params_changed(self, ctx: GuardContext) -> None:
+        """``add_param_group``: start a fresh keyed rotation over the new parameter list
+        (samples already taken hold their tensors, not positions in the list)."""
+        self._order = []
+
     # -- choosing what to watch --------------------------------------------------------
 
     def _choose(self, ctx: GuardContext, named: Any, closure: bool) -> list[int]:

@@ -19,25 +19,44 @@ one can:
 * the model's parameter objects, every ``every`` steps: a module whose parameter was
   replaced (``model.fc.weight = nn.Parameter(...)``) no longer trains what the
   optimizer updates.
+
+Parameters that join the optimizer mid-run (``add_param_group``) are covered from the
+optimizer step at which the guard sees them (``params_changed``).
+
+Writes the user means are modelled, never waved through. ``nn.Embedding(max_norm=...)``'s
+renorm during forward is replayed and judged (``renorm.py``). Parameters the guard writes
+itself after the optimizer step (declared constraints and after-step functions,
+``trainguard.guard.writes``) are baselined after those writes (``retake``). Such
+parameters are covered completely at every step, so for them an in-place write that
+changes no bit (a loop that still clamps) is no alarm: their content decides.
+
+Windows: when a ``guard.authorized()`` block opens, in-place writes made since the
+baseline are judged at once by identity (the block does not absorb them; a write around
+the version counter just before it is absorbed with the block's own, which only hashing
+everything at the open would tell apart). When it ends, only the ranges due for
+verification are hashed again, once, both to see what changed (a ``weights.authorized``
+event names those parameters and how, or says nothing changed: an EMA
+store/copy_to/restore leaves the weights bit-identical) and as the new baseline, instead
+of re-hashing the whole model and verifying it all again at the next step. Autograd's
+version counter only labels what was written in place; it never decides what is hashed,
+because ``.data`` and raw storage writes bypass it. ``guard.swapped()`` must end
+bit-identical to its start: the ranges not already due are fingerprinted when it opens,
+every element is verified when it ends, and a difference is ``runtime.weight_tamper``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from trainguard.findings import Rule, Severity
+from trainguard.guard.checks._ranges import WIDTH, Range, batches, plan, ranges_at
 from trainguard.guard.checks.base import Check, GuardContext, StepInfo
-from trainguard.guard.checks.fingerprint import SEGMENT, Fingerprinter
+from trainguard.guard.checks.fingerprint import Fingerprinter
+from trainguard.guard.checks.renorm import RenormWatch
 
 __all__ = ["WeightsCheck"]
 
-
-@dataclass(frozen=True, slots=True)
-class _Range:
-    index: int
-    start: int
-    end: int
+_Why = tuple[str, frozenset[int]]  # the window kind ("swapped" or ""), parameters written in place
 
 
 class WeightsCheck(Check):
@@ -48,50 +67,142 @@ class WeightsCheck(Check):
         self._fp: Fingerprinter | None = None
         self._params: list[tuple[str, Any]] = []
         self._ident: list[tuple[int, int]] = []
-        self._slots: list[list[_Range]] = []
+        self._slots: list[list[Range]] = []
         self._cursor = 0
-        self._pending: list[tuple[list[_Range], Any]] = []
+        self._pending: list[tuple[list[Range], Any]] = []
         self._batched: bool | None = batched
         self._async = False
-        self._deferred: list[tuple[int, list[tuple[list[_Range], Any]], Any, Any, Any]] = []
+        self._deferred: list[tuple[int, list[tuple[list[Range], Any]], Any, Any, Any, _Why]] = []
         self._model_ids: dict[str, int] = {}
+        self._renorm = RenormWatch()
+        self._renorms: set[int] = set()  # ids of weights a max_norm embedding renorms
+        self._writers: set[int] = set()  # ids of parameters the guard writes after a step
+        self._whole: list[Range] = []  # those and the renormed: covered at every step
+        self._extra: list[tuple[list[Range], Any]] | None = None  # a swap's other ranges
 
     # -- hooks -------------------------------------------------------------------------
 
     def attach(self, ctx: GuardContext) -> None:
         self._fp = Fingerprinter(ctx.key)
+        self._renorms = self._renorm.attach(ctx.model, ctx.named_parameters)
+        self._renorm.step = ctx.last_step + 1
+        self._cover(ctx)
+        self._batched = self._async if self._batched is None else self._batched
+        self._model_ids = _model_ids(ctx.model)
+        self._baseline()
+
+    def params_changed(self, ctx: GuardContext) -> None:
+        """``add_param_group``: plan over the new set. ``before_step`` has just checked the
+        old one, so the new parameters start from their state now; their first digests are
+        taken after this step like every other slot's."""
+        self._poll(ctx, wait=True)  # deferred verdicts name ranges of the old plan
+        self._renorms = self._renorm.attach(ctx.model, ctx.named_parameters)
+        self._cover(ctx)
+        self._ident = [_identity(p) for _, p in self._params]
+        self._pending = []
+
+    def _cover(self, ctx: GuardContext) -> None:
         self._params = list(ctx.named_parameters)
         total = sum(int(p.numel()) for _, p in self._params)
         cuda = any(getattr(p, "is_cuda", False) for _, p in self._params)
         slots = 1 if (total <= self.full_limit or cuda) else ctx.every
-        self._slots = _plan(self._params, slots)
+        whole = self._renorms | self._writers
+        every = {i for i, (_, p) in enumerate(self._params) if id(p) in whole}
+        self._whole = [Range(i, 0, int(self._params[i][1].numel())) for i in sorted(every)]
+        self._slots = plan(self._params, slots, skip=every)
         self._async = cuda
-        self._batched = cuda if self._batched is None else self._batched
-        self._model_ids = _model_ids(ctx.model)
-        self.rebaseline(ctx)
 
-    def rebaseline(self, ctx: GuardContext) -> None:
+    def _baseline(self) -> None:
         self._ident = [_identity(p) for _, p in self._params]
         everything = [r for slot in self._slots for r in slot]
-        self._pending = self._take(everything)
+        self._pending = self._take(everything + self._whole)
+        self._renorm.reset()
+
+    def rebaseline(self, ctx: GuardContext) -> None:
+        """An ``authorized()`` block ended: hash the ranges due for verification once
+        (module docstring); what changed is named, then taken as the baseline."""
+        overlay = self._renorm.restored(self._params)
+        old = self._pending
+        due = [r for batch, _ in old for r in batch]
+        due += [r for r in self._whole if r not in due]
+        self._pending = self._take(due)
+        changed = self._changed(old, self._again(old, overlay))
+        bumped = {
+            i
+            for i, (_, p) in enumerate(self._params)
+            if _identity(p) != self._ident[i] and id(p) not in self._renorms
+        }
+        how = {
+            i: ("written in place" if i in bumped else "written around the version counter")
+            if i in changed
+            else "rewritten with the same bits"
+            for i in sorted(changed | bumped)
+        }
+        ctx.event(
+            "weights.authorized",
+            {
+                "check": self.name,
+                "unchanged": not changed,
+                "written": {self._params[i][0]: h for i, h in list(how.items())[:50]},
+                "hashed_elements": sum(r.end - r.start for r in due),
+            },
+        )
+        self._ident = [_identity(p) for _, p in self._params]
         self._model_ids = _model_ids(ctx.model)
+        self._renorm.reset()
+        self._renorm.suspended = False
+        self._extra = None
 
     def before_step(self, ctx: GuardContext) -> None:
         self._poll(ctx)
-        for i, (name, p) in enumerate(self._params):
-            now = _identity(p)
-            if now != self._ident[i]:
-                self._identity_alert(ctx, name, self._ident[i], now)
-        self._verify_pending(ctx)
+        self._check_identity(ctx)
+        self._verify(ctx, self._pending)
 
     def after_step(self, ctx: GuardContext) -> None:
         self._ident = [_identity(p) for _, p in self._params]
         slot = self._slots[self._cursor % len(self._slots)] if self._slots else []
         self._cursor += 1
-        self._pending = self._take(slot)
+        late = [r for r in self._whole if id(self._params[r.index][1]) in self._writers]
+        self._pending = self._take(slot + [r for r in self._whole if r not in late])
+        self._renorm.reset()
+        self._renorm.step = ctx.current_step + 1
 
     def close(self, ctx: GuardContext) -> None:
         self._poll(ctx, wait=True)
+        self._renorm.close()
+
+    # -- declared writes and windows (trainguard.guard.writes) -------------------------
+
+    def expect_writes(self, ctx: GuardContext, params: list[Any]) -> None:
+        """The guard writes ``params`` after each optimizer step: cover them whole, take
+        their baseline in ``retake``."""
+        self._writers = {id(p) for p in params}
+        self._cover(ctx)
+
+    def retake(self, ctx: GuardContext) -> None:
+        """The guard's post-step writes are done: baseline what they wrote."""
+        late = [r for r in self._whole if id(self._params[r.index][1]) in self._writers]
+        for r in late:
+            self._ident[r.index] = _identity(self._params[r.index][1])
+        self._pending = self._pending + self._take(late)
+
+    def open_window(self, ctx: GuardContext, *, restore: bool) -> None:
+        """A guard window opens: judge the writes since the baseline by identity now; for
+        a swap (``restore``), fingerprint what is not already due, to verify at its end."""
+        self._check_identity(ctx)
+        self._renorm.suspended = True
+        if restore:
+            due = {r for batch, _ in self._pending for r in batch}
+            rest = [r for slot in self._slots for r in slot if r not in due]
+            overlay = self._renorm.restored(self._params)
+            self._extra = self._take(rest + [r for r in self._whole if r not in due], overlay)
+
+    def close_swap(self, ctx: GuardContext) -> None:
+        """A ``guard.swapped()`` block ended: every element must be as it began."""
+        self._verify(ctx, self._pending + (self._extra or []), swapped=True)
+        self._extra = None
+        self._ident = [_identity(p) for _, p in self._params]
+        self._renorm.suspended = False
 
     def end_step(self, ctx: GuardContext, info: StepInfo) -> None:
         self._poll(ctx)
@@ -120,7 +231,11 @@ class WeightsCheck(Check):
         micro-step, unless the weights were updated anyway: then ``optimizer.step`` ran
         without the hooks torch wraps around it (it was replaced after the optimizer was
         built, or the update came from somewhere else)."""
-        moved = [n for i, (n, p) in enumerate(self._params) if _identity(p) != self._ident[i]]
+        moved = [
+            n
+            for i, (n, p) in enumerate(self._params)
+            if _identity(p) != self._ident[i] and not self._tolerant(p, _identity(p), i)
+        ]
         if not moved:
             return
         ctx.emit(
@@ -135,69 +250,130 @@ class WeightsCheck(Check):
         )
         self._ident = [_identity(p) for _, p in self._params]
 
-    def _take(self, ranges: list[_Range]) -> list[tuple[list[_Range], Any]]:
+    def _tolerant(self, p: Any, now: tuple[int, int], i: int) -> bool:
+        """A parameter covered whole at every step may be written in place (same storage)
+        without an alarm: its content is verified completely."""
+        whole = id(p) in self._renorms or id(p) in self._writers
+        return whole and now[0] == self._ident[i][0]
+
+    def _check_identity(self, ctx: GuardContext) -> None:
+        for i, (name, p) in enumerate(self._params):
+            now = _identity(p)
+            if now != self._ident[i] and not self._tolerant(p, now, i):
+                self._identity_alert(ctx, name, self._ident[i], now)
+
+    def _take(
+        self, ranges: list[Range], overlay: dict[int, Any] | None = None
+    ) -> list[tuple[list[Range], Any]]:
         """Digests of ``ranges``: one per range on CPU, per-segment vectors over batches
-        of ranges on CUDA."""
+        of ranges on CUDA. ``overlay`` replaces a parameter by a tensor of its shape (the
+        weight a renorm replay says it had at the baseline)."""
         assert self._fp is not None
+        fp, over = self._fp, overlay or {}
+
+        def source(i: int) -> Any:
+            return over.get(i, self._params[i][1])
+
         if not self._batched:
-            return [
-                ([r], self._fp.digest(self._params[r.index][1], r.start, r.end)) for r in ranges
-            ]
+            return [([r], fp.digest(source(r.index), r.start, r.end)) for r in ranges]
         out = []
-        for batch in _batches(ranges, self._params):
-            pieces = [self._fp.ints(self._params[r.index][1])[r.start : r.end] for r in batch]
-            out.append((batch, self._fp.segments(pieces, _WIDTH)))
+        for batch in batches(ranges, self._params):
+            pieces = [fp.ints(source(r.index))[r.start : r.end] for r in batch]
+            out.append((batch, fp.segments(pieces, WIDTH)))
         return out
 
-    def _verify_pending(self, ctx: GuardContext) -> None:
-        if not self._pending:
+    def _again(
+        self, old: list[tuple[list[Range], Any]], overlay: dict[int, Any]
+    ) -> list[tuple[list[Range], Any]]:
+        """Digests of the same batches as ``old``, of the content now (or ``overlay``)."""
+        return [d for batch, _ in old for d in self._take(batch, overlay)]
+
+    def _verify(
+        self, ctx: GuardContext, old: list[tuple[list[Range], Any]], *, swapped: bool = False
+    ) -> None:
+        overlay = self._renorm.restored(self._params)
+        if not old:
             return
         import torch
 
-        old = self._pending
-        new = self._take([r for batch, _ in old for r in batch])
+        new = self._again(old, overlay)
         diffs = [(o != n).reshape(-1) for (_, o), (_, n) in zip(old, new, strict=True)]
+        bumped = {i for i, (_, p) in enumerate(self._params) if _identity(p) != self._ident[i]}
+        why = ("swapped" if swapped else "", frozenset(bumped))
         if self._async:
             flag = torch.empty((), dtype=torch.bool, pin_memory=True)
             flag.copy_(torch.cat(diffs).any(), non_blocking=True)
             done = torch.cuda.Event()  # type: ignore[no-untyped-call]
             done.record()
-            self._deferred.append((ctx.current_step, old, diffs, flag, done))
+            self._deferred.append((ctx.current_step, old, diffs, flag, done, why))
             return
         if bool(torch.cat(diffs).any()):
-            self._report(ctx, ctx.current_step, old, diffs)
+            self._report(ctx, ctx.current_step, old, diffs, why)
+
+    def _changed(
+        self, old: list[tuple[list[Range], Any]], new: list[tuple[list[Range], Any]]
+    ) -> set[int]:
+        """Parameters whose digests differ (read now: windows are rare)."""
+        out: set[int] = set()
+        for (batch, o), (_, n) in zip(old, new, strict=True):
+            hits = (o != n).reshape(-1).nonzero().reshape(-1).tolist()
+            out.update(r.index for r in ranges_at(batch, hits, WIDTH if self._batched else 0))
+        return out
 
     def _poll(self, ctx: GuardContext, *, wait: bool = False) -> None:
         """Read back CUDA verdicts whose copy has finished (all of them with ``wait``)."""
+        self._renorm.poll(ctx, wait=wait)
         while self._deferred:
-            step, old, diffs, flag, done = self._deferred[0]
+            step, old, diffs, flag, done, why = self._deferred[0]
             if not wait and not done.query():
                 return
             done.synchronize()
             self._deferred.pop(0)
             if bool(flag):
-                self._report(ctx, step, old, diffs)
+                self._report(ctx, step, old, diffs, why)
 
     def _report(
-        self, ctx: GuardContext, step: int, old: list[tuple[list[_Range], Any]], diffs: list[Any]
+        self,
+        ctx: GuardContext,
+        step: int,
+        old: list[tuple[list[Range], Any]],
+        diffs: list[Any],
+        why: _Why,
     ) -> None:
         for (batch, _), diff in zip(old, diffs, strict=True):
             hits = diff.nonzero().reshape(-1).tolist()
             if not hits:
                 continue
-            for r in _ranges_at(batch, hits, _WIDTH if self._batched else 0):
+            for r in ranges_at(batch, hits, WIDTH if self._batched else 0):
                 name, p = self._params[r.index]
+                if why[0]:
+                    message = (
+                        f"parameter {name} is not bit-identical at the end of a "
+                        "guard.swapped() block to what it was when the block began"
+                    )
+                    how = "not restored after a swap"
+                elif r.index in why[1]:
+                    message = (
+                        f"parameter {name} changed between optimizer steps {step - 1} and "
+                        f"{step} (written in place, and no declared write explains it)"
+                    )
+                    how = "content changed, written in place"
+                else:
+                    message = (
+                        f"parameter {name} changed between optimizer steps {step - 1} and "
+                        f"{step} without an in-place op autograd saw (.data write, raw "
+                        "storage copy or similar)"
+                    )
+                    how = "content changed, version counter unchanged"
                 ctx.emit(
                     Rule.WEIGHT_TAMPER,
                     Severity.CRITICAL,
-                    f"parameter {name} changed between optimizer steps {step - 1} and {step} "
-                    "without an in-place op autograd saw (.data write, raw storage copy or "
-                    "similar)",
+                    message,
                     where=f"param:{name}",
                     evidence={
                         "parameter": name,
                         "elements": [r.start, r.end],
-                        "how": "content changed, version counter unchanged",
+                        "how": how,
                         "shape": list(p.shape),
                     },
                     step=step,
@@ -207,11 +383,11 @@ class WeightsCheck(Check):
         self, ctx: GuardContext, name: str, old: tuple[int, int], now: tuple[int, int]
     ) -> None:
         how = "storage replaced (.data = ..., set_)" if old[0] != now[0] else "written in place"
+        step = ctx.last_step + 1  # the step the window leads to (also from an open block)
         ctx.emit(
             Rule.WEIGHT_TAMPER,
             Severity.CRITICAL,
-            f"parameter {name}: {how} between optimizer steps "
-            f"{ctx.current_step - 1} and {ctx.current_step}",
+            f"parameter {name}: {how} between optimizer steps {step - 1} and {step}",
             where=f"param:{name}",
             evidence={
                 "parameter": name,
@@ -219,6 +395,7 @@ class WeightsCheck(Check):
                 "data_ptr": [old[0], now[0]],
                 "version": [old[1], now[1]],
             },
+            step=step,
         )
 
 
@@ -226,59 +403,7 @@ def _identity(p: Any) -> tuple[int, int]:
     return int(p.data_ptr()), int(p._version)
 
 
-_BATCH_ELEMENTS = 1 << 26  # 256 MB of int32 per concatenation on the GPU
-_WIDTH = 4096  # segment width of the batched path: each range is padded to whole segments
-
-
-def _batches(ranges: list[_Range], params: list[tuple[str, Any]]) -> list[list[_Range]]:
-    """Group ranges by device and element width, at most ``_BATCH_ELEMENTS`` per group."""
-    groups: dict[tuple[Any, int], list[list[_Range]]] = {}
-    for r in ranges:
-        p = params[r.index][1]
-        key = (p.device, p.element_size())
-        runs = groups.setdefault(key, [[]])
-        if runs[-1] and sum(x.end - x.start for x in runs[-1]) + r.end - r.start > _BATCH_ELEMENTS:
-            runs.append([])
-        runs[-1].append(r)
-    return [run for runs in groups.values() for run in runs if run]
-
-
-def _ranges_at(batch: list[_Range], hits: list[int], segment: int) -> list[_Range]:
-    """The ranges of ``batch`` that the changed positions ``hits`` fall in: positions are
-    ranges (``segment`` 0) or segments of the concatenation."""
-    if not segment:
-        return [batch[i] for i in hits]
-    out, first = [], 0
-    for r in batch:
-        count = -(-(r.end - r.start) // segment)
-        if any(first <= h < first + count for h in hits):
-            out.append(r)
-        first += count
-    return out
-
-
 def _model_ids(model: Any) -> dict[str, int]:
     if model is None or not hasattr(model, "named_parameters"):
         return {}
     return {n: id(p) for n, p in model.named_parameters()}
-
-
-def _plan(params: list[tuple[str, Any]], slots: int) -> list[list[_Range]]:
-    """Split the parameters into ``slots`` groups of about equal element counts, cutting
-    big tensors at segment boundaries."""
-    total = sum(int(p.numel()) for _, p in params)
-    share = max(SEGMENT, -(-total // max(slots, 1)))
-    share = -(-share // SEGMENT) * SEGMENT
-    out: list[list[_Range]] = [[]]
-    room = share
-    for i, (_, p) in enumerate(params):
-        n, start = int(p.numel()), 0
-        while start < n:
-            if room == 0:
-                out.append([])
-                room = share
-            take = min(n - start, room)
-            out[-1].append(_Range(i, start, start + take))
-            start += take
-            room -= take
-    return [s for s in out if s] or [[]]
