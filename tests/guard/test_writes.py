@@ -561,11 +561,12 @@ def test_a_swap_that_does_not_restore_bit_identically_is_caught(
 
 def test_swapped_shadow_must_match_the_parameters() -> None:
     net = Critic()
-    guard = Guard(net, torch.optim.SGD(net.parameters(), lr=0.1), ledger=False)
+    guard = Guard(net, torch.optim.SGD(net.parameters(), lr=0.1), ledger=False, process=False)
     with pytest.raises(ConfigError, match="shadow"), guard.swapped([torch.zeros(1)]):
         pass
     with pytest.raises(ConfigError, match="shape"), guard.swapped({"out.bias": torch.zeros(3)}):
         pass
+    guard.close()
 
 
 # -- authorized() windows ----------------------------------------------------------------
