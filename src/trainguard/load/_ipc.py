@@ -14,7 +14,7 @@ What a channel trusts, and nothing else:
   ``__code__``): not a function of the same name elsewhere, not a subclass's override. A
   file's bytes cannot choose the caller; changing the function means editing the installed
   source (the environment check's job) or already running code in the job.
-* **per channel, one more fact, checked at the load** (the table below). Where the bytes
+* **per channel, one more fact, checked at the load** (listed below). Where the bytes
   come from outside the job (the rendezvous store is a TCP server anyone on the network can
   write to), nothing but the exact classes is trusted.
 
