@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
+from torch.utils.data import Dataset
 
 from trainguard.drill.workspace import free_port
 from trainguard.guard import Guard
@@ -43,3 +44,34 @@ def train(
             scheduler.step()
         guard.step(loss=loss)
     return [(a.rule.value, a.step, a.finding.location.path) for a in guard.alerts]
+
+
+N = 10
+
+
+class Indexed(Dataset[tuple[torch.Tensor, torch.Tensor, int]]):
+    """Item ``i`` carries ``i`` so the test sees which samples each step trained on."""
+
+    def __init__(self, n: int = N) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        return torch.full((4,), float(i)), torch.tensor([float(i % 3)]), i
+
+
+class SpyGuard(Guard):
+    """A Guard that also keeps every event it was given (ledger-free tests)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.seen: list[tuple[str, dict[str, Any]]] = []
+        super().__init__(*args, **kwargs)
+
+    def event(self, message: str, evidence: Mapping[str, Any]) -> None:
+        self.seen.append((message, dict(evidence)))
+        super().event(message, evidence)
+
+    def events(self, message: str) -> list[dict[str, Any]]:
+        return [e for m, e in self.seen if m == message]

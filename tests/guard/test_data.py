@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import pickle
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,6 @@ from torch import nn
 from torch.utils.data import (
     BatchSampler,
     DataLoader,
-    Dataset,
     DistributedSampler,
     RandomSampler,
 )
@@ -31,36 +30,10 @@ from trainguard.guard import Guard
 from trainguard.guard.checks.data import DataCheck
 from trainguard.ledger import read_records
 
-N = 10
 B = 4
 
 
-class Indexed(Dataset[tuple[torch.Tensor, torch.Tensor, int]]):
-    """Item ``i`` carries ``i`` so the test sees which samples each step trained on."""
-
-    def __init__(self, n: int = N) -> None:
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-        return torch.full((4,), float(i)), torch.tensor([float(i % 3)]), i
-
-
-class SpyGuard(Guard):
-    """A Guard that also keeps every event it was given (ledger-free tests)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.seen: list[tuple[str, dict[str, Any]]] = []
-        super().__init__(*args, **kwargs)
-
-    def event(self, message: str, evidence: Mapping[str, Any]) -> None:
-        self.seen.append((message, dict(evidence)))
-        super().event(message, evidence)
-
-    def events(self, message: str) -> list[dict[str, Any]]:
-        return [e for m, e in self.seen if m == message]
+from guardkit import Indexed, N, SpyGuard  # noqa: E402
 
 
 def run(

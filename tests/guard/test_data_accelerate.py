@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -40,36 +40,10 @@ from trainguard.guard.checks.accelerate_batches import BatchModel, batch_model  
 from trainguard.guard.checks.data import DataCheck  # noqa: E402
 from trainguard.ledger import read_records  # noqa: E402
 
-N = 10
 B = 4
 
 
-class Indexed(Dataset[tuple[torch.Tensor, torch.Tensor, int]]):
-    """Item ``i`` carries ``i`` so the test sees which samples each step trained on."""
-
-    def __init__(self, n: int = N) -> None:
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-        return torch.full((4,), float(i)), torch.tensor([float(i % 3)]), i
-
-
-class SpyGuard(Guard):
-    """A Guard that also keeps every event it was given (ledger-free tests)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.seen: list[tuple[str, dict[str, Any]]] = []
-        super().__init__(*args, **kwargs)
-
-    def event(self, message: str, evidence: Mapping[str, Any]) -> None:
-        self.seen.append((message, dict(evidence)))
-        super().event(message, evidence)
-
-    def events(self, message: str) -> list[dict[str, Any]]:
-        return [e for m, e in self.seen if m == message]
+from guardkit import Indexed, N, SpyGuard  # noqa: E402
 
 
 def run(
