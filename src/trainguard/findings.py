@@ -103,6 +103,9 @@ class Rule(enum.StrEnum):
     GUARD_ERROR = "guard.error"
     TRAINING_ANOMALY = "training.anomaly"
     REPLAY_DIVERGENCE = "replay.divergence"
+    GRADIENT_DIVERGENCE = "runtime.gradient_divergence"
+    DATA_CONTENT = "runtime.data_content"
+    GUARD_AUTHORIZATION = "guard.authorization"
 
     def __str__(self) -> str:
         return self.value

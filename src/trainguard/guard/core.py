@@ -110,6 +110,7 @@ class Guard:
         self._last_end = time.perf_counter()
         self._closed = False
         self._hooks: list[Any] = []
+        self._hook_ids: tuple[int, int] = (-1, -1)
         self.busy_times: deque[float] = deque(maxlen=64)
         self._ledger, self._own_ledger = open_ledger(ledger, self.rank)
         self.key = self._agree_key(key)
@@ -139,8 +140,11 @@ class Guard:
             for check in self.checks:
                 self._run(check, "attach")
             self._writes.attach(self)
-            self._hooks.append(optimizer.register_step_pre_hook(self._pre_hook))
-            self._hooks.append(optimizer.register_step_post_hook(self._post_hook))
+            pre = optimizer.register_step_pre_hook(self._pre_hook)
+            post = optimizer.register_step_post_hook(self._post_hook)
+            self._hooks += [pre, post]
+            self._hook_ids = (pre.id, post.id)
+            self._order_hooks()
         except BaseException:
             self.close()
             raise
@@ -221,7 +225,23 @@ class Guard:
 
     # -- the step loop -----------------------------------------------------------------
 
+    def _order_hooks(self, *, pre: bool = True, post: bool = True) -> None:
+        """The guard's step pre-hook runs first and its post-hook last among the
+        optimizer's own hooks, so a hook registered before (or after) the guard can neither
+        act before the checks saw the state nor become the baseline they compare against.
+        (Global optimizer hooks run outside these; the code check judges them.)"""
+        pre_id, post_id = self._hook_ids
+        pres = self.optimizer._optimizer_step_pre_hooks
+        posts = self.optimizer._optimizer_step_post_hooks
+        if pre and pre_id in pres and next(iter(pres)) != pre_id:
+            pres.move_to_end(pre_id, last=False)
+        if post and post_id in posts and next(reversed(posts)) != post_id:
+            posts.move_to_end(post_id)
+
     def _pre_hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        # a hook added since the last step must not get in between (each dict is reordered
+        # only while torch is not iterating it)
+        self._order_hooks(pre=False)
         self._step = self._completed + 1
         for check in self.checks:
             self._run(check, "before_step")
@@ -229,6 +249,7 @@ class Guard:
         self._raise_pending()
 
     def _post_hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        self._order_hooks(post=False)
         self._completed += 1
         self._step = self._completed
         self._stepped_since_end = True
