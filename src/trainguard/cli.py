@@ -188,8 +188,8 @@ def _build_parser() -> argparse.ArgumentParser:
         lp.add_argument(
             "--ledger",
             metavar="DIR",
-            help="ledger folder or .jsonl export (default: $TRAINGUARD_LEDGER, then "
-            "./trainguard-ledger)",
+            help="ledger folder, .jsonl export or postgresql://...?ledger=NAME URL (default: "
+            "$TRAINGUARD_LEDGER, then ./trainguard-ledger)",
         )
         lp.add_argument("--key", metavar="PUBLIC_KEY", help="Ed25519 key that signs the heads")
         lp.add_argument("--witness", metavar="FILE", help="heads exported to a second place")
@@ -249,8 +249,8 @@ def _build_parser() -> argparse.ArgumentParser:
     report.add_argument(
         "--ledger",
         metavar="DIR",
-        help="ledger folder or .jsonl export (default: $TRAINGUARD_LEDGER, then "
-        "./trainguard-ledger)",
+        help="ledger folder, .jsonl export or postgresql://...?ledger=NAME URL (default: "
+        "$TRAINGUARD_LEDGER, then ./trainguard-ledger)",
     )
     report.add_argument("-o", "--output", metavar="FILE", help="also write the HTML report here")
     report.add_argument("--format", choices=("human", "json"), default="human")

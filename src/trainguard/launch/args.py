@@ -110,6 +110,11 @@ def options_from(args: argparse.Namespace) -> RunOptions:
         stop_on = Severity.parse(args.stop_on) if args.stop_on else None
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    if args.ledger and str(args.ledger).startswith(("postgresql://", "postgres://")):
+        raise ConfigError(
+            "trainguard run keeps its ledger in a folder; a PostgreSQL ledger is for "
+            "Guard(ledger=...), $TRAINGUARD_LEDGER in jobs, and ledger verify/show/report"
+        )
     return RunOptions(
         command=tuple(command),
         ledger=Path(args.ledger) if args.ledger else None,

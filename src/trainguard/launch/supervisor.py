@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from trainguard.errors import ConfigError
 from trainguard.findings import Rule, Severity
 from trainguard.launch import procs
 from trainguard.launch.bootstrap import LEDGER_KEY_ENV, Bootstrap, make_bootstrap
@@ -65,7 +66,13 @@ class Supervisor:
     def __init__(self, opts: RunOptions, *, err: TextIO | None = None) -> None:
         self.opts = opts
         self.console = Console(err or sys.stderr)
-        self.ledger_path = default_path(opts.ledger).absolute()
+        where = default_path(opts.ledger)
+        if isinstance(where, str):
+            raise ConfigError(
+                "trainguard run keeps its ledger in a folder; a PostgreSQL ledger is for "
+                "Guard(ledger=...), $TRAINGUARD_LEDGER in jobs, and ledger verify/show/report"
+            )
+        self.ledger_path = where.absolute()
         key = opts.ledger_key or os.environ.get(LEDGER_KEY_ENV) or None
         self.ledger_key = Path(key).absolute() if key else None
         self.torchrun = TorchrunLog()

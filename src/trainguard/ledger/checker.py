@@ -28,7 +28,7 @@ from trainguard.ledger.anchor import IndexEntry, WitnessDir
 from trainguard.ledger.ratchet import read_public_state
 from trainguard.ledger.record import Record
 from trainguard.ledger.runs import ORIGIN_EVENT, RunInfo, run_info
-from trainguard.ledger.store import DB_NAME, blob, connect_readonly, read_tip
+from trainguard.ledger.store import DB_NAME, Where, blob, connect_readonly, describe, read_tip
 from trainguard.ledger.tree import EMPTY_ROOT, Frontier, leaf_hash
 
 __all__ = ["Checker"]
@@ -41,7 +41,7 @@ class Checker:
 
     def __init__(
         self,
-        path: Path,
+        path: Where,
         anchor: bytes | None,
         witness: Path | None,
         *,
@@ -51,7 +51,7 @@ class Checker:
     ) -> None:
         self.path, self.anchor, self.witness = path, anchor, witness
         self.witness_dir, self.origin, self.expected = witness_dir, origin, list(expected)
-        self.db = str(path / DB_NAME)
+        self.db = describe(path) if isinstance(path, str) else str(path / DB_NAME)
         self.findings: list[Finding] = []
         self.notes: list[str] = []
         self.runs: dict[str, RunInfo] = {}
@@ -346,7 +346,8 @@ class Checker:
         if not signed and (hs or ws):
             self.notes.append("this ledger has no signing key: heads pin roots, not authorship")
         verified, top, chain = headmod.check_chain(hs + ws, anchor, ratchet, signed, self.tampered)
-        state = read_public_state(self.path) if ratchet else None
+        folder = self.path if isinstance(self.path, Path) else None
+        state = read_public_state(folder) if ratchet and folder is not None else None
         if state is not None:
             epoch, public = state
             expected = 0 if top is None else top + 1

@@ -47,7 +47,8 @@ __all__ = ["Ledger"]
 
 
 class Ledger:
-    """An append-only, tamper-evident log in the folder ``path``.
+    """An append-only, tamper-evident log in the folder ``path`` (or the PostgreSQL
+    database a ``postgresql://`` URL names: ``trainguard.ledger.pg``).
 
     ``key`` (an Ed25519 private key or the path of its PEM) signs a head every
     ``head_every`` appends and on ``close``. With ``ratchet=True`` the signing key moves
@@ -78,14 +79,17 @@ class Ledger:
         run: RunOrigin | None = None,
         witness_dir: WitnessDir | None = None,
     ) -> None:
-        self.path = Path(path)
+        self.path = store.location(path)
+        if ratchet and isinstance(self.path, str):
+            raise ConfigError("ratchet=True keeps key files in a ledger folder; not for PostgreSQL")
         self.rank = rank if rank is not None else _env_rank()
         self.head_every = head_every
         self._witness = Witness(witness, witness_command)
         self._journal = journal
         self._host, self._uid = socket.gethostname(), _uid()
         self._pid = os.getpid()
-        self._heads = HeadMaker(resolve_key(key), Ratchet(self.path) if ratchet else None)
+        ratcheted = Ratchet(self.path) if ratchet and isinstance(self.path, Path) else None
+        self._heads = HeadMaker(resolve_key(key), ratcheted)
         self._store = store.acquire(self.path, journal)
         self._closed = False
         self._reported: set[str] = set()
@@ -118,7 +122,8 @@ class Ledger:
     def _start_run(self, run: RunOrigin, witness_dir: WitnessDir | None) -> None:
         """Announce the run to the witness, then append its origin record; every later
         head of this process names that record."""
-        self.run = replace(run, ledger=os.path.realpath(self.path))
+        where = self.path if isinstance(self.path, str) else os.path.realpath(self.path)
+        self.run = replace(run, ledger=store.describe(where))
         failed = None
         if witness_dir is not None:
             try:
@@ -323,7 +328,7 @@ class Ledger:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise ConfigError(f"the ledger {self.path} is closed")
+            raise ConfigError(f"the ledger {store.describe(self.path)} is closed")
         if os.getpid() != self._pid:  # forked: never use the parent's connection
             self._pid = os.getpid()
             self._store = store.acquire(self.path, self._journal)

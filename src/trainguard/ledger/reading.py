@@ -9,22 +9,22 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 from trainguard.errors import VerificationError
 from trainguard.findings import Rule
 from trainguard.ledger.record import Record
-from trainguard.ledger.store import DB_NAME, blob, connect_readonly
+from trainguard.ledger.store import DB_NAME, Where, blob, connect_readonly, describe, location
 
 __all__ = ["default_path", "parse_rows", "read_records", "show"]
 
 
-def default_path(path: str | os.PathLike[str] | None = None) -> Path:
-    """The ledger folder: ``path``, else ``$TRAINGUARD_LEDGER``, else ``./trainguard-ledger``."""
+def default_path(path: str | os.PathLike[str] | None = None) -> Where:
+    """The ledger: ``path``, else ``$TRAINGUARD_LEDGER``, else ``./trainguard-ledger``; a
+    folder, or a ``postgresql://`` URL kept as it is."""
     if path is not None:
-        return Path(path)
-    return Path(os.environ.get("TRAINGUARD_LEDGER") or "trainguard-ledger")
+        return location(path)
+    return location(os.environ.get("TRAINGUARD_LEDGER") or "trainguard-ledger")
 
 
 def parse_rows(rows: Iterable[tuple[int, bytes]], alert: str | Rule | None = None) -> list[Record]:
@@ -49,15 +49,16 @@ def parse_rows(rows: Iterable[tuple[int, bytes]], alert: str | Rule | None = Non
 
 def read_records(path: str | os.PathLike[str], alert: str | Rule | None = None) -> list[Record]:
     """Every record of the ledger folder ``path`` (optionally one alert id), in seq order."""
-    directory = Path(path)
+    directory = location(path)
     try:
         conn = connect_readonly(directory)
     except (FileNotFoundError, sqlite3.Error) as exc:
-        raise VerificationError(f"no readable ledger at {directory} ({DB_NAME}): {exc}") from None
+        where = describe(directory)
+        raise VerificationError(f"no readable ledger at {where} ({DB_NAME}): {exc}") from None
     try:
         rows = conn.execute("SELECT seq, body FROM records ORDER BY seq").fetchall()
     except sqlite3.Error as exc:
-        raise VerificationError(f"the ledger {directory} cannot be read: {exc}") from None
+        raise VerificationError(f"the ledger {describe(directory)} cannot be read: {exc}") from None
     finally:
         conn.close()
     return parse_rows(rows, alert)

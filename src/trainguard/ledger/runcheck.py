@@ -29,6 +29,7 @@ from typing import Any
 from trainguard.ledger import note
 from trainguard.ledger.anchor import IndexEntry
 from trainguard.ledger.heads import HeadRef
+from trainguard.ledger.pg import redact
 from trainguard.ledger.runs import RunInfo
 
 __all__ = ["bindings", "header", "index", "origin", "uncovered"]
@@ -83,7 +84,7 @@ def bindings(heads: Sequence[HeadRef], runs: dict[str, RunInfo], report: Report)
 
 
 def index(
-    path: Path,
+    path: Path | str,
     meta_origin: str,
     runs: dict[str, RunInfo],
     entries: Sequence[IndexEntry],
@@ -91,7 +92,7 @@ def index(
 ) -> list[str]:
     """The ledger against the witness index; returns notes."""
     notes: list[str] = []
-    here = os.path.realpath(path)
+    here = redact(path) if isinstance(path, str) else os.path.realpath(path)  # as recorded
     mine = [e for e in entries if e.ledger == here]
     if mine and mine[-1].origin != meta_origin:
         last = mine[-1]

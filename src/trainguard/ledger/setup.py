@@ -23,7 +23,7 @@ import uuid
 from trainguard import keys
 from trainguard.errors import ConfigError
 from trainguard.ledger.ratchet import Ratchet
-from trainguard.ledger.store import Store
+from trainguard.ledger.store import Store, describe
 
 __all__ = ["FORMAT", "VERSION", "open_meta", "resolve_key"]
 
@@ -54,7 +54,8 @@ def open_meta(
             }
             c.executemany("INSERT INTO meta VALUES (?, ?)", sorted(meta.items()))
         if meta.get("format") != FORMAT or meta.get("version") != VERSION:
-            raise ConfigError(f"{store.db} is not a version {VERSION} trainguard ledger")
+            where = describe(store.location)
+            raise ConfigError(f"{where} is not a version {VERSION} trainguard ledger")
         mode, first = meta.get("mode", "none"), meta.get("first_key", "")
         if run or mode == "run":
             _run_mode(c, mode, key, ratchet, run)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from trainguard.findings import Finding
@@ -44,7 +43,7 @@ def open_ledger(ledger: Any, rank: int | None = None) -> tuple[Any, bool]:
     if not folder:
         return None, False
     key = os.environ.get(LEDGER_KEY_ENV) or None
-    return Ledger(Path(folder), key=key, rank=rank), True
+    return Ledger(folder, key=key, rank=rank), True
 
 
 def ledger_sink(path: str | os.PathLike[str] | None = None) -> Callable[[Finding], None] | None:

@@ -1,4 +1,4 @@
-"""The ledger's storage: one SQLite database in the ledger folder.
+"""The ledger's storage: one SQLite database in the ledger folder (or PostgreSQL: ``pg``).
 
 Why SQLite: a committed transaction survives a killed process and a power cut
 (``synchronous=FULL``), several ranks on one host can append to the same file (the
@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from trainguard.errors import ConfigError, TrainguardError
+from trainguard.ledger import pg
 
 __all__ = [
     "DB_NAME",
@@ -37,6 +38,8 @@ __all__ = [
     "blob",
     "bump_tip",
     "connect_readonly",
+    "describe",
+    "location",
     "network_fs_type",
     "read_tip",
     "release",
@@ -104,6 +107,7 @@ class Store:
 
     def __init__(self, directory: Path, *, journal: str | None = None) -> None:
         self.directory = directory
+        self.location: Where = directory
         self.db = directory / DB_NAME
         self.fs_type = network_fs_type(directory)
         self.journal = journal or ("delete" if self.fs_type else "wal")
@@ -173,6 +177,9 @@ class Store:
                 self._tip_fd = os.open(self.directory / TIP_NAME, os.O_RDWR | os.O_CREAT, 0o644)
             bump_tip(self.directory, seq, lower=lower, fd=self._tip_fd)
 
+    def read_tip(self) -> int:
+        return read_tip(self.directory)
+
     def meta(self) -> dict[str, str]:
         with self.lock:
             return dict(self.conn.execute("SELECT key, value FROM meta").fetchall())
@@ -189,21 +196,45 @@ _SHARED: dict[tuple[int, str], tuple[Store, int]] = {}
 _SHARED_LOCK = threading.Lock()
 
 
-def acquire(directory: Path, journal: str | None = None) -> Store:
+Where = Path | str
+"""A ledger folder, or a ``postgresql://`` URL (``trainguard.ledger.pg``)."""
+
+
+def location(value: str | os.PathLike[str]) -> Where:
+    """``value`` as the ledger modules take it: a PostgreSQL URL stays a string, anything
+    else is a folder path."""
+    return value if pg.is_url(value) else Path(value)  # type: ignore[return-value]
+
+
+def describe(where: Where) -> str:
+    """``where`` for messages and records (a URL without its password)."""
+    return pg.redact(where) if isinstance(where, str) else str(where)
+
+
+def _key(where: Where) -> tuple[int, str]:
+    return os.getpid(), where if isinstance(where, str) else os.path.realpath(where)
+
+
+def acquire(directory: Where, journal: str | None = None) -> Store:
     """This process's one writer connection to ``directory`` (shared by every ``Ledger``
     on it, so the guard, the callbacks and checkpoint saving do not contend with each
-    other). Keyed by pid: a connection is never used across ``fork``."""
-    key = (os.getpid(), os.path.realpath(directory))
+    other). Keyed by pid: a connection is never used across ``fork``. A PostgreSQL URL
+    gets a ``pg.PgStore``, which has the same surface."""
+    key = _key(directory)
     with _SHARED_LOCK:
-        store, count = _SHARED.get(key, (None, 0))
-        if store is None:
-            store = Store(directory, journal=journal)
+        found = _SHARED.get(key)
+        if found is not None:
+            store, count = found
+        elif isinstance(directory, str):
+            store, count = pg.PgStore(directory), 0  # type: ignore[assignment]
+        else:
+            store, count = Store(directory, journal=journal), 0
         _SHARED[key] = (store, count + 1)
         return store
 
 
 def release(store: Store) -> None:
-    key = (os.getpid(), os.path.realpath(store.directory))
+    key = _key(store.location)
     with _SHARED_LOCK:
         entry = _SHARED.get(key)
         if entry is None or entry[0] is not store:
@@ -215,9 +246,12 @@ def release(store: Store) -> None:
     store.close()
 
 
-def connect_readonly(directory: Path) -> sqlite3.Connection:
+def connect_readonly(directory: Where) -> sqlite3.Connection:
     """A reader that never writes: verifying must not checkpoint the WAL away (it is
-    evidence) and must work for a user who cannot write the folder."""
+    evidence) and must work for a user who cannot write the folder. For a PostgreSQL
+    URL, a ``pg.PgConnection`` whose transactions are read-only snapshots."""
+    if isinstance(directory, str):
+        return pg.connect(directory)  # type: ignore[return-value]
     db = directory / DB_NAME
     if not db.is_file():
         raise FileNotFoundError(db)
@@ -257,7 +291,9 @@ def bump_tip(directory: Path, seq: int, *, lower: bool = False, fd: int | None =
             os.close(fd)
 
 
-def read_tip(directory: Path) -> int:
+def read_tip(directory: Where) -> int:
+    if isinstance(directory, str):
+        return 0  # PostgreSQL: no high-water file (trainguard.ledger.pg)
     try:
         return _parse_tip((directory / TIP_NAME).read_bytes()[:32])
     except OSError:

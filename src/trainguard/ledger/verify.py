@@ -49,8 +49,8 @@ from trainguard.errors import ConfigError, VerificationError
 from trainguard.findings import Finding, Location
 from trainguard.ledger import anchor as anchormod
 from trainguard.ledger.checker import Checker
-from trainguard.ledger.heads import expected_heads
-from trainguard.ledger.store import DB_NAME
+from trainguard.ledger.heads import HeadRef, expected_heads
+from trainguard.ledger.store import DB_NAME, Where, describe, location
 
 __all__ = ["LedgerVerification", "check", "verify"]
 
@@ -116,15 +116,19 @@ def verify(
     origin: str | None = None,
     expect_heads: Sequence[str | os.PathLike[str]] = (),
 ) -> LedgerVerification:
-    """Verify the ledger folder ``path`` (or a ``.jsonl`` export of one).
+    """Verify the ledger folder ``path`` (or a ``.jsonl`` export of one, or a PostgreSQL
+    ledger's ``postgresql://`` URL).
 
     ``witness``: a file of heads kept elsewhere. ``witness_dir``: the user's witness
     folder (``True``: the default one, ``anchor.default_dir``; ``False``: none).
     ``origin``: the run id (or ledger origin) this must be the ledger of.
     ``expect_heads``: files each holding a head this ledger must contain.
     """
-    p = Path(path)
+    where = location(path)
     expected = expected_heads([Path(e) for e in expect_heads])
+    if isinstance(where, str):  # PostgreSQL
+        return _check(where, public_key, witness, witness_dir, origin, expected)
+    p = where
     if p.is_file() and p.suffix == ".jsonl":
         from trainguard.ledger.transfer import import_jsonl
 
@@ -142,6 +146,17 @@ def verify(
         return replace(result, path=str(p), findings=findings)
     if not (p / DB_NAME).is_file():
         raise VerificationError(f"no ledger at {p} (no {DB_NAME})")
+    return _check(p, public_key, witness, witness_dir, origin, expected)
+
+
+def _check(
+    p: Where,
+    public_key: PublicKeySource,
+    witness: str | os.PathLike[str] | None,
+    witness_dir: str | os.PathLike[str] | bool,
+    origin: str | None,
+    expected: Sequence[HeadRef],
+) -> LedgerVerification:
     checker = Checker(
         p,
         _anchor(public_key),
@@ -152,7 +167,7 @@ def verify(
     )
     count, nheads, verified, nwitness = checker.run()
     return LedgerVerification(
-        str(p),
+        describe(p),
         count,
         nheads,
         verified,

@@ -47,7 +47,7 @@ def write_html(model: ReportModel, path: str | os.PathLike[str]) -> Path:
     return html.write_html(model, path)
 
 
-def run_report(ledger: Path, output: Path | None, fmt: str, *, public_key: Any = None) -> int:
+def run_report(ledger: Path | str, output: Path | None, fmt: str, *, public_key: Any = None) -> int:
     """What ``trainguard report [--ledger DIR] [-o FILE] [--format human|json]`` does.
 
     ``human`` prints the summary on stdout; ``json`` prints the model as one JSON

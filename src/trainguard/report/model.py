@@ -23,6 +23,7 @@ from typing import Any
 from trainguard.errors import VerificationError
 from trainguard.findings import Severity
 from trainguard.ledger import Record, import_jsonl, read_records, verify
+from trainguard.ledger.store import Where, describe, location
 
 __all__ = [
     "AlertRow",
@@ -250,7 +251,8 @@ def build(ledger: str | os.PathLike[str], *, public_key: Any = None) -> ReportMo
     """Read and verify the ledger folder ``ledger`` (or a ``.jsonl`` export of one).
     Raises ``VerificationError`` only when there is no readable ledger there; tampering
     is part of the model."""
-    records = _read(Path(ledger))
+    where = location(ledger)
+    records = _read(where)
     try:
         result = verify(ledger, public_key=public_key)
     except VerificationError as exc:
@@ -267,11 +269,11 @@ def build(ledger: str | os.PathLike[str], *, public_key: Any = None) -> ReportMo
             ),
             notes=result.notes,
         )
-    return from_records(records, checked, ledger=str(Path(ledger)))
+    return from_records(records, checked, ledger=describe(where))
 
 
-def _read(path: Path) -> list[Record]:
-    if path.is_file() and path.suffix == ".jsonl":
+def _read(path: Where) -> list[Record]:
+    if isinstance(path, Path) and path.is_file() and path.suffix == ".jsonl":
         with tempfile.TemporaryDirectory(prefix="trainguard-report-") as tmp:
             import_jsonl(path, Path(tmp) / "ledger")
             return read_records(Path(tmp) / "ledger")
