@@ -139,6 +139,12 @@ def _build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--key", metavar="PUBLIC_KEY", help="public key the seal is signed with")
     verify.add_argument("--wheelhouse", metavar="DIR", help="compare RECORD files with wheels")
     verify.add_argument(
+        "--wheels",
+        action="store_true",
+        help="fetch the wheel of every installed name==version from the configured package "
+        "index (kept in the state folder) and compare each file and RECORD with it",
+    )
+    verify.add_argument(
         "--fast", action="store_true", help="with --seal: skip non-code files whose stat matches"
     )
     verify.add_argument("--python", metavar="EXE", help="interpreter to check (default: this)")
@@ -464,6 +470,7 @@ def _env(args: argparse.Namespace) -> int:
             seal=Path(args.seal) if args.seal else None,
             key=Path(args.key) if args.key else None,
             wheelhouse=Path(args.wheelhouse) if args.wheelhouse else None,
+            wheels=args.wheels,
             fast=args.fast,
             ignore=tuple(args.ignore),
             progress=progress,

@@ -35,6 +35,7 @@ def verify(
     seal: Path | None = None,
     key: PublicKeySource | None = None,
     wheelhouse: Path | None = None,
+    wheels: bool = False,
     fast: bool = False,
     workers: int | None = None,
     distributions: Sequence[str] | None = None,
@@ -53,7 +54,9 @@ def verify(
     With ``seal``: every sealed file (standard library, interpreter and venv ``bin/``
     included), added or removed file, mode and owner, and the standard library's
     location, with the seal's root and (given ``key``) signature checked first. With
-    ``wheelhouse``: RECORDs against the wheels. ``pyc_cache`` (a file in the user's
+    ``wheelhouse``: RECORDs against the wheels. ``wheels`` (without ``wheelhouse``): the
+    same against the wheels of each installed name and version, fetched from the
+    configured package index into the state folder (``fetch``). ``pyc_cache`` (a file in the user's
     state folder, see ``verdicts``) spares compiling a ``.pyc`` whose exact bytes and
     source were judged before. ``distributions``/``record_only`` narrow the run
     (benchmarks, quick checks) and skip the whole-environment checks. ``ignore`` names
@@ -62,7 +65,8 @@ def verify(
 
     *What it trusts* without a seal: each RECORD as the authority on its own files (an
     insider who rewrites a file and its RECORD row passes), and the standard library as
-    found. A seal moves that trust to the moment of sealing.
+    found. A seal moves that trust to the moment of sealing; ``wheels`` moves it to the
+    package index.
     """
     start = time.perf_counter()
     if wheelhouse is not None and not Path(wheelhouse).is_dir():
@@ -71,6 +75,17 @@ def verify(
     exe = python or sys.executable
     findings: list[Finding] = []
     notes: list[str] = []
+    if wheels and wheelhouse is None:
+        from trainguard.env.fetch import fetch_wheels
+
+        fetched = fetch_wheels(exe)
+        wheelhouse = fetched.wheelhouse
+        if fetched.missing:
+            notes.append(
+                f"no wheel on the package index for {len(fetched.missing)} distribution(s), "
+                f"so their RECORD is their only witness: {', '.join(fetched.missing)}"
+            )
+        notes += [f"fetching wheels: {p}" for p in fetched.problems[:5]]
     request: dict[str, Any] = {
         "mode": "verify",
         "workers": workers or os.cpu_count() or 2,
