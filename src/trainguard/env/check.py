@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from trainguard import keys
-from trainguard.env import environ, sealfile, venvcfg, verdicts
+from trainguard.env import distro, environ, sealfile, venvcfg, verdicts
 from trainguard.env.report import Checked, EnvReport
 from trainguard.env.spawn import ProbeFailed, Running, start_probe
 from trainguard.errors import ConfigError
@@ -65,7 +65,8 @@ def verify(
 
     *What it trusts* without a seal: each RECORD as the authority on its own files (an
     insider who rewrites a file and its RECORD row passes), and the standard library as
-    found. A seal moves that trust to the moment of sealing; ``wheels`` moves it to the
+    its package manager's manifest lists it (``distro``: dpkg, conda), or as found where
+    there is none. A seal moves that trust to the moment of sealing; ``wheels`` moves it to the
     package index.
     """
     start = time.perf_counter()
@@ -116,6 +117,10 @@ def verify(
         findings += environ.check(env, ignore)
         if layout:
             findings += venvcfg.check(exe, layout.get("stdlib_dirs", []))
+            if seal is None:  # with a seal, the seal covers the standard library
+                found, said = distro.check(layout.get("stdlib_dirs", []))
+                findings += found
+                notes += said
             findings += _moved(exe, header, layout, seal)
     findings += findings_from(answer.get("findings", []))
     if cache_ok and pyc_cache is not None and isinstance(answer.get("pyc_ok"), str):
