@@ -444,6 +444,24 @@ def test_upstream_verifies_ours(model, keypair, upstream, tmp_path):
     assert bad.returncode != 0 and "a.b" in bad.stderr
 
 
+def test_upstream_verifies_ours_with_a_ledger_position(model, keypair, upstream, tmp_path):
+    """``save(..., ledger=...)`` signs the ledger's position into the predicate; the
+    upstream verifier must still accept the bundle."""
+    torch = pytest.importorskip("torch")
+    from trainguard.ledger import Ledger
+
+    private, public = keypair
+    with Ledger(tmp_path / "ledger") as led:
+        led.append_event("step 1")
+        checkpoints.save({"w": torch.ones(3)}, model, private_key=private, ledger=led)
+    result = checkpoints.verify(model, public)
+    assert result.ok and result.manifest is not None and result.manifest.ledger is not None
+    ok = upstream(
+        "verify", "key", "--signature", model / "model.sig", "--public_key", public, model
+    )
+    assert ok.returncode == 0, ok.stderr
+
+
 def test_we_verify_upstreams(model, keypair, upstream, tmp_path):
     private, public = keypair
     ours = checkpoints.sign(model, private, out=tmp_path / "ours.sig").manifest

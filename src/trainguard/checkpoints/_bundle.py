@@ -48,6 +48,8 @@ class Statement:
     """``(name, sha256 hex)`` per file; a single-file model has the one name ``.``."""
     ignore_paths: tuple[str, ...]
     root_digest: str
+    ledger: dict[str, Any] | None = None
+    """``predicate["trainguard.ledger"]``: the ledger position signed with the files."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +59,9 @@ class Envelope:
     payload: bytes
     signature: bytes
     key_hint: str | None
+
+
+LEDGER_FIELD = "trainguard.ledger"
 
 
 def root_digest(resources: Sequence[tuple[str, str]]) -> str:
@@ -79,10 +84,15 @@ def pae(payload: bytes) -> bytes:
 
 
 def statement_bytes(
-    model_name: str, resources: Sequence[tuple[str, str]], ignore_paths: Sequence[str]
+    model_name: str,
+    resources: Sequence[tuple[str, str]],
+    ignore_paths: Sequence[str],
+    ledger: dict[str, Any] | None = None,
 ) -> bytes:
     """The in-toto statement, as compact JSON with sorted keys, so the same checkpoint
-    signed twice gives the same payload (upstream's own key order is not stable)."""
+    signed twice gives the same payload (upstream's own key order is not stable).
+    ``ledger`` goes into the predicate under ``LEDGER_FIELD``, which upstream's verifier
+    leaves alone (tests/test_checkpoints.py runs it on such a bundle)."""
     statement = {
         "_type": STATEMENT_TYPE,
         "subject": [{"name": model_name, "digest": {"sha256": root_digest(resources)}}],
@@ -98,6 +108,7 @@ def statement_bytes(
                 {"name": name, "algorithm": "sha256", "digest": digest}
                 for name, digest in resources
             ],
+            **({LEDGER_FIELD: dict(ledger)} if ledger is not None else {}),
         },
     }
     return json.dumps(statement, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode(
@@ -233,9 +244,24 @@ def read_statement(payload: bytes) -> Statement:
         raise VerificationError(
             "malformed statement: the subject digest does not match the listed files"
         )
+    ledger = predicate.get(LEDGER_FIELD)
+    if ledger is not None and not _position(ledger):
+        raise VerificationError(f"malformed statement: {LEDGER_FIELD} is not a ledger position")
     return Statement(
         model_name=name,
         resources=tuple(resources),
         ignore_paths=tuple(ignore),
         root_digest=claimed_root,
+        ledger=ledger,
+    )
+
+
+def _position(value: Any) -> bool:
+    return (
+        isinstance(value, dict)
+        and set(value) == {"origin", "size", "root"}
+        and isinstance(value["origin"], str)
+        and isinstance(value["size"], int)
+        and isinstance(value["root"], str)
+        and bool(_HEX64.fullmatch(value["root"]))
     )

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from trainguard.checkpoints import _signing, _tree
+from trainguard.checkpoints._results import LedgerPosition
 from trainguard.errors import VerificationError
 from trainguard.findings import Finding, Location, Rule, Severity
 
@@ -48,13 +49,39 @@ def _latest(ledger: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
     return latest
 
 
+def _bound(
+    ledger: str | os.PathLike[str], pos: LedgerPosition, where: Location, base: dict[str, Any]
+) -> list[Finding]:
+    """The ledger position signed into the checkpoint must be a position of this ledger:
+    its origin, and the root this ledger had at that size."""
+    from trainguard.ledger.reading import root_at
+
+    origin, root = root_at(ledger, pos.size)
+    evidence = {**base, "signed_position": pos.to_json(), "ledger_origin": origin}
+    if pos.origin != origin:
+        message = (
+            f"checkpoint was signed under another ledger (origin {pos.origin[:16]}), "
+            "not this one: it belongs to another run"
+        )
+    elif root != pos.root:
+        message = (
+            f"checkpoint was signed at ledger size {pos.size}, where this ledger's root "
+            f"{'does not exist' if root is None else 'differs'} (rolled back or rewritten)"
+        )
+    else:
+        return []
+    return [Finding(Rule.CHECKPOINT_MODIFIED, Severity.HIGH, message, where, evidence)]
+
+
 def verify_recorded(
     ledger: str | os.PathLike[str], public_key: _signing.PublicKeySource | None = None
 ) -> RecordedVerification:
     """Every checkpoint the ledger saw saved: present, and holding the last recorded state.
 
     With ``public_key`` a recorded signature must also still verify (a failing signature
-    is a finding here, not an exception: this is a sweep over many checkpoints).
+    is a finding here, not an exception: this is a sweep over many checkpoints), and a
+    ledger position signed into it (``save(..., ledger=...)``) must be one of this
+    ledger's: a checkpoint of another run, or of a rolled-back ledger, is a finding.
     """
     findings: list[Finding] = []
     latest = _latest(ledger)
@@ -77,6 +104,8 @@ def verify_recorded(
                 )  # fmt: skip
                 continue
             findings.extend(result.findings)
+            if result.manifest is not None and result.manifest.ledger is not None:
+                findings.extend(_bound(ledger, result.manifest.ledger, where, base))
         lay = _tree.layout(path, None)
         current = _signing.build_manifest(lay, _signing.ignore_list(lay, ())).manifest_digest
         if current != ev.get("manifest_digest"):

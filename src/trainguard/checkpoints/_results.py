@@ -22,12 +22,28 @@ class FileDigest:
 
 
 @dataclass(frozen=True, slots=True)
+class LedgerPosition:
+    """Where a ledger stood when a checkpoint was signed: its origin (unique per ledger),
+    its size (records appended so far) and the Merkle root over those records."""
+
+    origin: str
+    size: int
+    root: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"origin": self.origin, "size": self.size, "root": self.root}
+
+
+@dataclass(frozen=True, slots=True)
 class Manifest:
     """Every file of a checkpoint and its sha256, in model-signing order."""
 
     model_name: str
     files: tuple[FileDigest, ...]
     ignore_paths: tuple[str, ...] = ()
+    ledger: LedgerPosition | None = None
+    """The ledger position the signature was made at (``save(..., ledger=...)``): signed
+    with the files, so the checkpoint names the run it belongs to."""
 
     @property
     def root_digest(self) -> str:
@@ -67,6 +83,7 @@ class Manifest:
             "root_digest": self.root_digest,
             "ignore_paths": list(self.ignore_paths),
             "files": [{"name": f.name, "sha256": f.sha256, "size": f.size} for f in self.files],
+            "ledger": self.ledger.to_json() if self.ledger is not None else None,
         }
 
 

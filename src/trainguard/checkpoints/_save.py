@@ -14,11 +14,12 @@ import os
 import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 from trainguard.checkpoints import _signing, _tree
-from trainguard.checkpoints._results import SaveResult
+from trainguard.checkpoints._results import LedgerPosition, SaveResult
 from trainguard.errors import ConfigError
 
 DEFAULT_FILE = "checkpoint.pt"
@@ -29,7 +30,9 @@ the save then costs max(write, hash) instead of their sum."""
 
 
 class Ledger(Protocol):
-    """What ``save`` needs of a ledger (``trainguard.ledger`` or anything alike)."""
+    """What ``save`` needs of a ledger (``trainguard.ledger`` or anything alike; one with
+    a ``position()`` method, as ``trainguard.ledger.Ledger`` has, also gets its position
+    signed into the checkpoint's manifest)."""
 
     def append_event(self, message: str, *, evidence: Mapping[str, Any]) -> Any: ...
 
@@ -123,7 +126,10 @@ def save(
     model-signing signature (``NAME.sig`` or ``model.sig``, as ``sign`` writes). With
     ``ledger``, ``ledger.append_event(message, evidence=...)`` records the manifest
     digest, so a later check against the ledger sees a checkpoint that was deleted,
-    rolled back or swapped. ``torch_kwargs`` go to ``torch.save``.
+    rolled back or swapped; with both, the signed manifest also carries the ledger's
+    position (origin, size, root) at the save, so the checkpoint names its run and
+    ``verify_recorded`` refuses it against any other ledger. ``torch_kwargs`` go to
+    ``torch.save``.
     """
     start = time.perf_counter()
     key = _signing.load_private(private_key) if private_key is not None else None
@@ -141,6 +147,9 @@ def save(
     digest, size = _write(obj, file, torch_kwargs)
     ignore = _signing.ignore_list(lay, ignore_paths)
     manifest = _signing.build_manifest(lay, ignore, known={rel: (digest, size)}, workers=workers)
+    position = getattr(ledger, "position", None)
+    if key is not None and callable(position):
+        manifest = replace(manifest, ledger=LedgerPosition(**position()))
     key_id = _signing.write_signature(lay, manifest, key) if key is not None else None
     signature = str(lay.signature) if key is not None else None
     if ledger is not None:
@@ -156,6 +165,7 @@ def save(
                 "bytes": manifest.total_bytes,
                 "signature": signature,
                 "key_id": key_id,
+                "ledger_position": manifest.ledger.to_json() if manifest.ledger else None,
             },
         )
     return SaveResult(

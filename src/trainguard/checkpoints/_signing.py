@@ -24,6 +24,7 @@ from trainguard.checkpoints import _bundle, _tree
 from trainguard.checkpoints._results import (
     CheckpointVerification,
     FileDigest,
+    LedgerPosition,
     Manifest,
     SignResult,
 )
@@ -110,7 +111,10 @@ def build_manifest(
 def write_signature(lay: _tree.Layout, manifest: Manifest, key: keys.EcdsaPrivateKey) -> str:
     """Sign ``manifest`` and write the bundle; returns the key id."""
     resources = [(f.name, f.sha256) for f in manifest.files]
-    payload = _bundle.statement_bytes(manifest.model_name, resources, manifest.ignore_paths)
+    position = manifest.ledger.to_json() if manifest.ledger is not None else None
+    payload = _bundle.statement_bytes(
+        manifest.model_name, resources, manifest.ignore_paths, position
+    )
     signature = keys.ecdsa_sign(key, _bundle.pae(payload))
     public: keys.EcdsaPublicKey = key.public_key()
     data = _bundle.bundle_bytes(payload, signature, keys.key_hint(public))
@@ -173,10 +177,12 @@ def read_signed_manifest(signature: bytes, key: keys.EcdsaPublicKey) -> Manifest
         )
     keys.ecdsa_verify(key, _bundle.pae(envelope.payload), envelope.signature)
     statement = _bundle.read_statement(envelope.payload)
+    bound = statement.ledger
     return Manifest(
         model_name=statement.model_name,
         files=tuple(FileDigest(n, d) for n, d in statement.resources),
         ignore_paths=statement.ignore_paths,
+        ledger=LedgerPosition(bound["origin"], bound["size"], bound["root"]) if bound else None,
     )
 
 

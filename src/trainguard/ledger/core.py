@@ -40,6 +40,7 @@ from trainguard.ledger.ratchet import Ratchet
 from trainguard.ledger.record import Record, alert_record, event_record
 from trainguard.ledger.runs import ORIGIN_EVENT, RunOrigin
 from trainguard.ledger.setup import open_meta, resolve_key
+from trainguard.ledger.store import blob
 from trainguard.ledger.tree import Frontier, leaf_hash
 from trainguard.ledger.witness import Witness
 
@@ -302,6 +303,17 @@ class Ledger:
                 evidence={"acknowledged_up_to": tip, "records_found": size},
             )
             self._store.bump_tip(rec.seq, lower=True)  # recorded now: said once
+
+    def position(self) -> dict[str, Any]:
+        """Where the ledger stands now: ``{"origin", "size", "root"}`` (the Merkle root
+        over the first ``size`` records, hex), what a signed checkpoint carries."""
+        self._check_open()
+        with self._store.lock:
+            size, data = self._store.conn.execute(
+                "SELECT size, frontier FROM state WHERE id = 1"
+            ).fetchone()
+        root = Frontier.from_bytes(int(size), blob(data)).root()
+        return {"origin": self.origin, "size": int(size), "root": root.hex()}
 
     # -- reading and closing ---------------------------------------------------------
 

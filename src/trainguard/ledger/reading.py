@@ -15,8 +15,9 @@ from trainguard.errors import VerificationError
 from trainguard.findings import Rule
 from trainguard.ledger.record import Record
 from trainguard.ledger.store import DB_NAME, Where, blob, connect_readonly, describe, location
+from trainguard.ledger.tree import EMPTY_ROOT
 
-__all__ = ["default_path", "parse_rows", "read_records", "show"]
+__all__ = ["default_path", "parse_rows", "read_records", "root_at", "show"]
 
 
 def default_path(path: str | os.PathLike[str] | None = None) -> Where:
@@ -62,6 +63,28 @@ def read_records(path: str | os.PathLike[str], alert: str | Rule | None = None) 
     finally:
         conn.close()
     return parse_rows(rows, alert)
+
+
+def root_at(path: str | os.PathLike[str], size: int) -> tuple[str, str | None]:
+    """``(origin, root)``: the ledger's origin, and its Merkle root (hex) once it held
+    ``size`` records as stored (``None`` when it never had that many). What a checkpoint
+    signed at that position is checked against; ``verify`` judges the stored roots."""
+    directory = location(path)
+    try:
+        conn = connect_readonly(directory)
+    except (FileNotFoundError, sqlite3.Error) as exc:
+        raise VerificationError(f"no readable ledger at {describe(directory)}: {exc}") from None
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'origin'").fetchone()
+        origin = str(row[0]) if row else ""
+        if size == 0:
+            return origin, EMPTY_ROOT.hex()
+        found = conn.execute("SELECT root FROM records WHERE seq = ?", (size,)).fetchone()
+    except sqlite3.Error as exc:
+        raise VerificationError(f"the ledger {describe(directory)} cannot be read: {exc}") from None
+    finally:
+        conn.close()
+    return origin, blob(found[0]).hex() if found else None
 
 
 def show(
