@@ -269,3 +269,23 @@ def _is_seed_of(value: str, public: bytes) -> bool:
             if seed_pub == public:
                 return True
     return False
+
+
+def test_witness_flags_of_run(tmp_path: Path):
+    """``--witness-dir``/``--witness-command`` on the command line do what the variables
+    do, and win over them: an admin's flags are not undone by the job's environment."""
+    got = tmp_path / "sent"
+    script = f"import sys; open({str(got)!r}, 'a').write(sys.stdin.read() + '\\x00')"
+    folder = tmp_path / "elsewhere"
+    env = {"TRAINGUARD_WITNESS_DIR": "off", "TRAINGUARD_WITNESS_COMMAND": ""}
+    flags = ("--witness-dir", str(folder), "--witness-command",
+             shlex.join([sys.executable, "-c", script]))  # fmt: skip
+    run = run_job(tmp_path / "L", CLEAN, *flags, env=env)
+    assert run.code == 0, run.stderr
+    sent = [note.parse(t) for t in got.read_text().split("\x00") if t]
+    assert sent and [h.text for h in sent] == [h.text for h in _ledger_heads(run.ledger)]
+    assert str(folder) in run.stderr and "is off" not in run.stderr
+    result = verify(run.ledger, witness_dir=folder, origin=run.run_id)
+    assert result.intact and any(str(folder) in a for a in result.anchors), result.anchors
+    off = run_job(tmp_path / "M", CLEAN, "--witness-dir", "off", env={})
+    assert "is off" in off.stderr

@@ -94,6 +94,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds between SIGTERM and SIGKILL when stopping (default 10)",
     )
     parser.add_argument(
+        "--witness-dir",
+        metavar="DIR",
+        help="keep a copy of every signed ledger head here, outside the ledger folder "
+        "(default: $TRAINGUARD_WITNESS_DIR, else witness/ in the state folder; off: none)",
+    )
+    parser.add_argument(
+        "--witness-command",
+        metavar="CMD",
+        help="also run CMD with each head on stdin, e.g. an upload to a server the job cannot "
+        "write (default: $TRAINGUARD_WITNESS_COMMAND)",
+    )
+    parser.add_argument(
         "--no-protect",
         dest="protect",
         action="store_false",
@@ -121,6 +133,8 @@ def options_from(args: argparse.Namespace) -> RunOptions:
         ledger_key=Path(args.ledger_key) if args.ledger_key else None,
         seal=Path(args.seal) if args.seal else None,
         seal_key=Path(args.seal_key) if args.seal_key else None,
+        witness_dir=args.witness_dir,
+        witness_command=args.witness_command,
         env_verify=args.env_verify,
         env_ignore=tuple(args.env_ignore),
         resume=tuple(Path(p) for p in args.resume),

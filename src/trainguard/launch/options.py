@@ -54,6 +54,12 @@ class RunOptions:
     timeout: float | None = None
     stop_grace: float = 10.0
     protect: bool = True
+    witness_dir: str | None = None
+    """Where the supervisor keeps its copy of every head (``off``: nowhere). Default:
+    ``$TRAINGUARD_WITNESS_DIR``, else ``witness`` in the state folder."""
+    witness_command: str | None = None
+    """A command run with each head on stdin (an admin's witness). Default:
+    ``$TRAINGUARD_WITNESS_COMMAND``."""
 
     def __post_init__(self) -> None:
         if not self.command:

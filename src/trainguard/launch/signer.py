@@ -124,10 +124,11 @@ class RunSigner:
             self.ledger.close()
         head = self.last_head
         if head is not None and self.ledger.run is not None:
+            where = f" --witness-dir {self.witness.path}" if self.witness is not None else ""
             self.say(
                 f"ledger head: {head.size} records of run {self.ledger.run.run} signed; check "
                 f"with: trainguard ledger verify --ledger {self.ledger_path} "
-                f"--origin {self.ledger.run.run}"
+                f"--origin {self.ledger.run.run}{where}"
             )
 
     def _key(self) -> tuple[keys.PrivateKey | None, str]:

@@ -45,6 +45,7 @@ from trainguard.launch.signer import RunSigner
 from trainguard.launch.tail import LedgerTail
 from trainguard.launch.watch import Raised, Watch
 from trainguard.ledger import default_path
+from trainguard.ledger.anchor import WITNESS_COMMAND_ENV, WITNESS_DIR_ENV
 
 __all__ = ["Supervisor", "run_command"]
 
@@ -87,8 +88,17 @@ class Supervisor:
     # -- the run ------------------------------------------------------------------------
 
     def run(self) -> int:
+        environ = dict(os.environ)
+        if self.opts.witness_dir is not None:
+            environ[WITNESS_DIR_ENV] = self.opts.witness_dir
+        if self.opts.witness_command is not None:
+            environ[WITNESS_COMMAND_ENV] = self.opts.witness_command
         self.signer = RunSigner(
-            self.ledger_path, self.opts.command, fixed_key=self.ledger_key, say=self.console.say
+            self.ledger_path,
+            self.opts.command,
+            fixed_key=self.ledger_key,
+            say=self.console.say,
+            environ=environ,
         )
         self.ledger = self.signer.open()
         try:
