@@ -149,6 +149,18 @@ def test_convert_cli_refuses_unsafe_and_converts_clean(tmp_path: Path):
     assert not (tmp_path / "PWNED").exists()
 
 
+def test_convert_without_safetensors_names_the_extra(tmp_path: Path, capsys, monkeypatch):
+    """The README's own venv may lack the optional writer: exit 2 with the extra to
+    install, never a traceback, and no output left behind."""
+    torch = pytest.importorskip("torch")
+    clean = tmp_path / "clean.pt"
+    torch.save({"w": torch.arange(4.0)}, clean)
+    monkeypatch.setitem(sys.modules, "safetensors.torch", None)  # import fails
+    assert main(["convert", str(clean), str(tmp_path / "out.safetensors")]) == 2
+    assert "trainguard[convert]" in capsys.readouterr().err
+    assert not (tmp_path / "out.safetensors").exists()
+
+
 def test_keygen_sign_verify_cli(tmp_path: Path, capsys):
     pytest.importorskip("cryptography")
     keys, model = tmp_path / "keys", tmp_path / "model"

@@ -319,7 +319,13 @@ def _jsonable(v: Any) -> Any:
 
 
 def _save(tensors: dict[str, Any], metadata: dict[str, str], path: Path) -> int:
-    from safetensors.torch import save_file
+    try:
+        from safetensors.torch import save_file
+    except ImportError:
+        raise ConfigError(
+            "convert writes safetensors, which is not installed: "
+            "pip install 'trainguard[convert]'"
+        ) from None
 
     save_file(tensors, str(path), metadata=metadata)
     return sum(int(t.numel()) * int(t.element_size()) for t in tensors.values())
