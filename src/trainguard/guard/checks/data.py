@@ -34,32 +34,36 @@ to do nothing) repeats its order honestly as far as this check can tell; a threa
 drawing from the global CPU RNG in the microseconds between the snapshot and a
 ``RandomSampler``'s seed draw would make the snapshot stale; a ``DistributedSampler``
 whose dataset changed length after it was built is flagged, because its cached sizes
-then drop samples. A sampler replaced behind the guard's recorder is not watched again
-(under accelerate's wrappers the replay notices that no batches were produced for it).
+then drop samples. A sampler replaced behind the guard's recorder is not recomputed again; the
+replacement itself is ``runtime.data_content``.
 
-Fingerprints, for a later replay (``data_contents``): a keyed BLAKE2b of each batch's
-indices, and a keyed projection of the tensors handed to ``guard.step(batch=...)``,
-recorded as ``data.fingerprints`` events. Samplers that cannot be recomputed
-are fingerprinted only, with one ``data.unverified`` event saying which and why.
+Fingerprints, for a later replay (``data_window``): each batch's sample indices (compact)
+with their keyed BLAKE2b, and a keyed projection of the tensors handed to
+``guard.step(batch=...)``, recorded as ``data.fingerprints`` events. Samplers that
+cannot be recomputed are fingerprinted only, with one ``data.unverified`` event saying
+which and why.
+
+Content (``runtime.data_content``): at every optimizer step, before the update, the
+objects that decide what the loader yields are compared by identity (``data_watch``:
+the loader's ``collate_fn``, samplers, dataset, the dataset's class and methods, its
+tensors' data pointers), and a keyed rotation of the dataset's tensors and arrays is
+verified against their fingerprints at attach (``data_tensors``); the dataset's
+fetching code is judged once at attach (``data_origin``). Each names what changed and
+the step. What each of those trusts is said in its module.
 """
 
 from __future__ import annotations
 
-import logging
-import struct
 import threading
-import traceback
 from collections.abc import Callable, Iterator
-from itertools import islice
 from typing import Any
 
-import torch
 from torch.utils.data import (
     DataLoader,
     IterableDataset,
 )
 
-from trainguard.findings import Rule, Severity
+from trainguard.guard.checks._codehash import SourceIndex
 from trainguard.guard.checks.accelerate_batches import BatchModel, BatchPass, batch_model
 from trainguard.guard.checks.accelerate_sampler import (
     SeedableOrder,
@@ -68,14 +72,20 @@ from trainguard.guard.checks.accelerate_sampler import (
     seedable_order,
 )
 from trainguard.guard.checks.base import Check, GuardContext, StepInfo
-from trainguard.guard.checks.data_contents import Projector, hex_digest, index_digest, read_back
+from trainguard.guard.checks.data_alerts import (
+    batch_alert,
+    content_alert,
+    internal_error,
+    order_alert,
+)
+from trainguard.guard.checks.data_contents import Projector
+from trainguard.guard.checks.data_streams import order_stream, wrapped_stream
+from trainguard.guard.checks.data_tensors import Change, ContentWatch
+from trainguard.guard.checks.data_watch import LoaderWatch
+from trainguard.guard.checks.data_window import FingerprintWindow
 from trainguard.guard.checks.sampler_order import (
     Plan,
-    equal,
-    plain,
-    plain_batch,
     plan_for,
-    same,
     standard_batch_sampler,
     unverified_reason,
 )
@@ -83,25 +93,29 @@ from trainguard.guard.checks.sampler_proxy import SamplerProxy
 
 __all__ = ["DataCheck"]
 
-log = logging.getLogger("trainguard.guard")
-
-_MAX_WINDOW = 4096  # digests buffered before an event is written regardless of steps
-_WHERE = "dataloader.sampler"
-_WHERE_BATCHES = "dataloader.batch_sampler"
-
 
 class DataCheck(Check):
-    """Verify the sampler's index order and fingerprint what the loader yields.
+    """Verify the sampler's index order, watch what feeds the loader, fingerprint both.
 
     ``content_bytes`` bounds the bytes of each tensor of ``guard.step(batch=...)`` that
     are fingerprinted (a longer one is read on an even stride, the same on every device,
     so a replay elsewhere compares); 0 turns content fingerprints off.
+    ``dataset_bytes`` is how many bytes of the dataset's tensors are verified per step
+    (0: identity only), ``dataset_cap`` how many are fingerprinted at attach at most.
     """
 
     name = "data"
 
-    def __init__(self, *, content_bytes: int = 1 << 20) -> None:
+    def __init__(
+        self,
+        *,
+        content_bytes: int = 1 << 20,
+        dataset_bytes: int = 1 << 18,
+        dataset_cap: int = 1 << 28,
+    ) -> None:
         self.content_bytes = content_bytes
+        self.dataset_bytes = dataset_bytes
+        self.dataset_cap = dataset_cap
         self._projector: Projector | None = None
         self._ctx: GuardContext | None = None
         self._key = b""
@@ -116,10 +130,9 @@ class DataCheck(Check):
         self._passes = 0
         self._unverified: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
-        self._window_epoch: int | None = None
-        self._digests: list[str] = []
-        self._digest_steps: list[int] = []
-        self._contents: list[tuple[int, bytes, list[torch.Tensor]]] = []
+        self._window: FingerprintWindow | None = None
+        self._watch: LoaderWatch | None = None
+        self._index = SourceIndex()
 
     # -- hooks -------------------------------------------------------------------------
 
@@ -127,48 +140,35 @@ class DataCheck(Check):
         self._ctx = ctx
         self._key = bytes(ctx.key[:64])
         self._projector = Projector(bytes(ctx.key), self.content_bytes)
-        loader = ctx.dataloader
-        if loader is None:
+        self._window = FingerprintWindow(self._key, ctx.event)
+        self._window.unavailable = self._recorders(ctx.dataloader)
+        self._build_watch(ctx, at_attach=True)
+
+    def before_step(self, ctx: GuardContext) -> None:
+        """Identity of the loader's parts and a slice of the dataset's bytes: before the
+        optimizer applies the step, so ``stop_on`` can keep a poisoned step out."""
+        watch = self._watch
+        if watch is None:
             return
-        if not isinstance(loader, DataLoader):
-            self._note(loader, "not a torch DataLoader: only batch contents are fingerprinted")
-            return
-        if isinstance(loader.dataset, IterableDataset):
-            self._note(loader.dataset, "iterable dataset: it orders itself, no sampler to check")
-            return
-        reason = dispatcher_reason(loader)
-        if reason:
-            self._note(loader, reason)
-        loader = drawing_loader(loader)  # accelerate's wrappers draw from an inner loader
-        outer = loader.batch_sampler
-        if outer is None:  # batch_size=None: the sampler yields the indices itself
-            self._install(loader, "sampler", loader.sampler, index=True)
-            return
-        standard = standard_batch_sampler(outer)
-        if standard is None:
-            self._note(outer, "custom batch sampler: order not verified, batches fingerprinted")
-            self._install(loader, "batch_sampler", outer, watch=self._watch_batches)
-            return
-        if standard is not outer:
-            model = batch_model(outer, standard)
-            if isinstance(model, str):
-                self._note(outer, model)
-            elif self._install(loader, "batch_sampler", outer, watch=self._watch_wrapped):
-                self._batches = model
-        size = standard.batch_size
-        self._group = size if isinstance(size, int) and size > 0 else 1
-        self._drop_tail = bool(standard.drop_last)
-        self._install(standard, "sampler", standard.sampler, index=True)
+        step = int(ctx.current_step)
+        self._report(ctx, watch.check(step))
+        if self.dataset_bytes > 0:
+            self._report(ctx, watch.contents.check(step))
 
     def end_step(self, ctx: GuardContext, info: StepInfo) -> None:
-        projector = self._projector
+        projector, window = self._projector, self._window
         if info.batch is not None and self.content_bytes > 0 and projector is not None:
             found = projector.batch(info.batch)
-            if found is not None:
-                with self._lock:
-                    self._contents.append((int(ctx.current_step), *found))
+            if found is not None and window is not None:
+                window.add_contents(int(ctx.current_step), *found)
         if info.optimizer_stepped and _completed(ctx) % max(int(ctx.every), 1) == 0:
             self._flush()
+            if self._watch is not None:  # dataset bytes off the CPU: one read-back
+                self._report(ctx, self._watch.contents.resolve())
+
+    def rebaseline(self, ctx: GuardContext) -> None:
+        """What the user changed inside ``guard.authorized()`` is the new baseline."""
+        self._build_watch(ctx, at_attach=False)
 
     def close(self, ctx: GuardContext) -> None:
         self._closed = True
@@ -179,10 +179,81 @@ class DataCheck(Check):
                     object.__setattr__(owner, attr, original)
                 else:
                     setattr(owner, attr, original)
+        if self._watch is not None:
+            self._report(ctx, self._watch.contents.resolve())
+        self._watch = None
         self._flush()
         # An epoch still being drawn keeps this check alive; without the guard it lets
         # the loader (and its persistent workers) be freed now, not by a later GC pass.
         self._ctx = None
+
+    # -- installing --------------------------------------------------------------------
+
+    def _recorders(self, loader: Any) -> str:
+        """Install the recorders; returns why the loader has no sample indices ("" when
+        it has them)."""
+        if loader is None:
+            return "no dataloader was given to the guard"
+        if not isinstance(loader, DataLoader):
+            self._note(loader, "not a torch DataLoader: only batch contents are fingerprinted")
+            return "not a torch DataLoader"
+        if isinstance(loader.dataset, IterableDataset):
+            self._note(loader.dataset, "iterable dataset: it orders itself, no sampler to check")
+            return "iterable dataset: it yields samples, not indices"
+        reason = dispatcher_reason(loader)
+        if reason:
+            self._note(loader, reason)
+        loader = drawing_loader(loader)  # accelerate's wrappers draw from an inner loader
+        outer = loader.batch_sampler
+        if outer is None:  # batch_size=None: the sampler yields the indices itself
+            self._install(loader, "sampler", loader.sampler, index=True)
+            return ""
+        standard = standard_batch_sampler(outer)
+        if standard is None:
+            self._note(outer, "custom batch sampler: order not verified, batches fingerprinted")
+            self._install(loader, "batch_sampler", outer, watch=self._watch_batches)
+            return ""
+        if standard is not outer:
+            model = batch_model(outer, standard)
+            if isinstance(model, str):
+                self._note(outer, model)
+            elif self._install(loader, "batch_sampler", outer, watch=self._watch_wrapped):
+                self._batches = model
+        size = standard.batch_size
+        self._group = size if isinstance(size, int) and size > 0 else 1
+        self._drop_tail = bool(standard.drop_last)
+        self._install(standard, "sampler", standard.sampler, index=True)
+        return ""
+
+    def _build_watch(self, ctx: GuardContext, *, at_attach: bool) -> None:
+        """Snapshot the loader's parts and fingerprint the dataset (again, after an
+        ``authorized()`` block); at attach, judge the dataset's code."""
+        given = ctx.dataloader
+        self._watch = None
+        if not isinstance(given, DataLoader):
+            return
+        contents = ContentWatch(self._key, budget=self.dataset_bytes, cap=self.dataset_cap)
+        watch = LoaderWatch(contents, self._index)
+        watch.watch_guard(ctx, given, drawing_loader(given))
+        contents.seal()
+        self._watch = watch
+        for where, reason in contents.notes:
+            self._note(where, reason)
+        if contents.skipped:
+            self._note(given, f"dataset content over the cap: {contents.skipped} bytes skipped")
+        if not at_attach:
+            return
+        step = int(ctx.current_step)
+        for origin in watch.origins:
+            if origin.note:
+                self._note(origin.owner, origin.note)
+            if origin.problem:
+                where = f"dataset.{origin.method}"
+                content_alert(ctx, where, origin.problem, origin.evidence(), step)
+
+    def _report(self, ctx: GuardContext, changes: list[Change]) -> None:
+        for change in changes:
+            content_alert(ctx, change.where, change.what, change.evidence, change.step)
 
     # -- installing --------------------------------------------------------------------
 
@@ -249,10 +320,10 @@ class DataCheck(Check):
                     plan = plan_for(inner)
             except Exception as exc:  # noqa: BLE001 - never break the loader; report instead
                 self._internal_error("plan", exc)
-        return self._stream(it, plan, _class_name(inner), batches=False)
+        return order_stream(self, it, plan, _class_name(inner), batches=False)
 
     def _watch_batches(self, inner: Any) -> Iterator[Any]:
-        return self._stream(iter(inner), None, _class_name(inner), batches=True)
+        return order_stream(self, iter(inner), None, _class_name(inner), batches=True)
 
     def _watch_wrapped(self, inner: Any) -> Iterator[Any]:
         it: Iterator[Any] = iter(inner)
@@ -260,124 +331,14 @@ class DataCheck(Check):
         if self._closed or model is None:
             return it
         epoch, self._wrapped_passes = self._wrapped_passes, self._wrapped_passes + 1
-        return self._wrapped(it, model.start(), _class_name(inner), epoch)
-
-    def _wrapped(
-        self, it: Iterator[Any], replay: BatchPass, name: str, epoch: int
-    ) -> Iterator[Any]:
-        """The batches accelerate's wrappers hand this process, each compared with the
-        replay of the wrappers over the stock batch sampler's batches (``_take`` feeds
-        it while the wrappers pull them) and recorded; one alert per pass."""
-        self._tap = replay
-        alive, count = True, 0
-        for batch in it:
-            if not self._closed:
-                if alive:
-                    found = self._replayed(replay, "check", batch)
-                    if found is not None:
-                        alive = False
-                        self._batch_alert(replay, name, epoch, count, batch, *found)
-                self._record([batch], True)
-            count += 1
-            yield batch
-        if alive and not self._closed:
-            found = self._replayed(replay, "leftover", None)
-            if found is not None:
-                self._batch_alert(replay, name, epoch, count, None, *found)
-        if self._tap is replay:
-            self._tap = None
-
-    def _replayed(self, replay: BatchPass, what: str, batch: Any) -> tuple[str, Any] | None:
-        try:
-            return replay.check(batch) if what == "check" else replay.leftover()
-        except Exception as exc:  # noqa: BLE001 - report, let the loader go on
-            self._internal_error("replay", exc)
-            return None
-
-    def _stream(
-        self, it: Iterator[Any], plan: Plan | None, name: str, *, batches: bool
-    ) -> Iterator[Any]:
-        """Yield what the inner iterator yields, unchanged, comparing and recording.
-
-        A batch sampler pulls a batch's indices back to back, so they are pulled here a
-        batch at a time (``islice``: no Python work per index) and compared when the
-        batch is complete, still while the loader draws it. Pulls stop at each point
-        where more of the expected order is needed, which is fetched right before the
-        next pull: when the real sampler consumes its RNG for a new permutation."""
-        if self._closed:
-            yield from it
-            return
-        epoch = self._new_pass()
-        whole = plan
-        size = 1 if batches else self._group
-        group: list[Any] = []
-        pos = base = 0  # base: the position of exp[0]
-        exp: list[Any] = []
-        fetch_at = 0 if plan is not None else -1
-        while True:
-            if pos == fetch_at and plan is not None:
-                plan, exp, base, fetch_at = self._extend(plan, exp, base, pos - len(group))
-            want = size - len(group)
-            if fetch_at > pos and plan is not None:
-                want = min(want, fetch_at - pos)
-            got = list(islice(it, want))
-            pos += len(got)
-            group += got
-            if len(group) >= size:
-                if plan is not None:
-                    start = pos - len(group)
-                    if not equal(group, exp[start - base : pos - base]):
-                        self._mismatch(plan, name, epoch, start, group, exp[start - base :])
-                        plan = None  # one alert per epoch
-                self._take(group, batches)
-                group = []
-            if len(got) < want:
-                break
-            yield from got
-            if self._closed:
-                yield from it
-                return
-        if plan is not None:  # the sampler ended: the open batch, then the count
-            if pos == fetch_at:
-                plan, exp, base, fetch_at = self._extend(plan, exp, base, pos - len(group))
-            start = pos - len(group)
-            rest = exp[start - base :]
-            if plan is not None and (
-                not equal(group, rest[: len(group)]) or len(rest) > len(group)
-            ):
-                self._mismatch(plan, name, epoch, start, group, rest)
-        if whole is not None:
-            whole.finish()  # the sampler ran to its end
-        if group and not self._drop_tail and not self._closed:
-            self._take(group, batches)
-        if not batches and not self._closed:
-            self._take(None, batches)  # the end, for the wrappers' replay
-        yield from got
-
-    def _extend(
-        self, plan: Plan, exp: list[Any], base: int, keep: int
-    ) -> tuple[Plan | None, list[Any], int, int]:
-        """The next chunk of expectations, keeping those from ``keep`` on (the open
-        batch). Returns the plan (None after a failure), the list, its base, and the
-        position of the next fetch (-1: the expected order has ended)."""
-        pos = base + len(exp)
-        try:
-            more = plan.chunk(pos)
-        except Exception as exc:  # noqa: BLE001 - report, let the loader go on
-            self._internal_error("recompute", exc)
-            return None, exp, base, -1
-        if not more:
-            return plan, exp, base, -1
-        exp = exp[keep - base :] + more
-        return plan, exp, keep, keep + len(exp)
+        return wrapped_stream(self, it, model.start(), _class_name(inner), epoch)
 
     def _new_pass(self) -> int:
         with self._lock:
             epoch = self._passes
             self._passes += 1
-        self._flush()
-        with self._lock:
-            self._window_epoch = epoch
+        if self._window is not None:
+            self._window.new_pass(epoch)
         return epoch
 
     def _take(self, group: list[Any] | None, batches: bool) -> None:
@@ -397,128 +358,33 @@ class DataCheck(Check):
 
     def _record(self, group: list[Any], batches: bool) -> None:
         try:
-            items = list(group[0]) if batches else group
-            digest = index_digest(items, self._key)
-            step = self._next_step()
-            with self._lock:
-                self._digests.append(digest)
-                self._digest_steps.append(step)
-                full = len(self._digests) >= _MAX_WINDOW
-            if full:
-                self._flush()
+            if self._window is not None:
+                self._window.add(self._next_step(), list(group[0]) if batches else group)
         except Exception as exc:  # noqa: BLE001 - report, let the loader go on
             self._internal_error("fingerprint", exc)
 
-    def _mismatch(
+    def _alert_order(
         self, plan: Plan, name: str, epoch: int, start: int, got: list[Any], want: list[Any]
     ) -> None:
-        """``got`` was drawn from ``start`` on where ``want`` was due (``want`` may run
-        longer: the sampler ended early). Reports the first differing position."""
-        if self._ctx is None or self._closed:
-            return
-        try:
-            k = next(
-                (
-                    i
-                    for i in range(max(len(got), len(want)))
-                    if i >= len(got) or i >= len(want) or not same(got[i], want[i])
-                ),
-                0,
-            )
-            actual = got[k] if k < len(got) else None
-            expected = want[k] if k < len(want) else None
-            pos = start + k
-            kind = plan.kind(pos, actual, expected)
-            evidence: dict[str, Any] = {
-                "epoch": epoch,
-                "position": pos,
-                "expected": plain(expected),
-                "actual": plain(actual),
-                "kind": kind,
-                "sampler": name,
-            }
-            evidence.update(plan.evidence)
-            self._ctx.emit(
-                Rule.DATA_ORDER,
-                Severity.HIGH,
-                f"the sampler's order differs from its recomputation at epoch {epoch} "
-                f"position {pos}: expected {expected!r}, got {actual!r} ({kind})",
-                where=_WHERE,
-                evidence=evidence,
-                step=self._next_step(),
-            )
-        except Exception as exc:  # noqa: BLE001 - report, let the loader go on
-            self._internal_error("alert", exc)
+        if self._ctx is not None and not self._closed:
+            order_alert(self._ctx, plan, name, epoch, start, got, want, self._next_step())
 
-    def _batch_alert(
+    def _alert_batch(
         self, replay: BatchPass, name: str, epoch: int, pos: int, got: Any, kind: str, want: Any
     ) -> None:
-        """Batch ``pos`` of accelerate's wrappers was ``got`` where ``want`` was due
-        (``None``: nothing was due, or nothing came)."""
-        if self._ctx is None or self._closed:
-            return
-        try:
-            expected, actual = plain_batch(want), plain_batch(got)
-            evidence: dict[str, Any] = {
-                "epoch": epoch,
-                "batch": pos,
-                "expected": expected,
-                "actual": actual,
-                "kind": kind,
-                "sampler": name,
-            }
-            evidence.update(replay.evidence)
-            self._ctx.emit(
-                Rule.DATA_ORDER,
-                Severity.HIGH,
-                f"the batches of {name} differ from their recomputation at epoch {epoch} "
-                f"batch {pos}: expected {expected!r:.200}, got {actual!r:.200} ({kind})",
-                where=_WHERE_BATCHES,
-                evidence=evidence,
-                step=self._next_step(),
-            )
-        except Exception as exc:  # noqa: BLE001 - report, let the loader go on
-            self._internal_error("alert", exc)
+        if self._ctx is not None and not self._closed:
+            evidence = dict(replay.evidence)
+            batch_alert(self._ctx, evidence, name, epoch, pos, got, kind, want, self._next_step())
 
     def _next_step(self) -> int:
         return _completed(self._ctx) + 1 if self._ctx is not None else 0
 
     def _flush(self) -> None:
-        with self._lock:
-            if not self._digests and not self._contents:
-                return
-            steps = self._digest_steps + [c[0] for c in self._contents]
-            evidence: dict[str, Any] = {
-                "epoch": self._window_epoch,
-                "first_step": min(steps),
-                "digests": self._digests,
-                "steps": self._digest_steps,
-            }
-            contents = self._contents
-            self._digests, self._digest_steps, self._contents = [], [], []
-        if contents:  # one read-back per device per event, never one per step
-            values = iter(read_back([t for c in contents for t in c[2]]))
-            rows = []
-            for step, layout, digests in contents:
-                numbers = struct.pack(f"<{len(digests)}q", *islice(values, len(digests)))
-                rows.append([step, hex_digest(self._key, layout + numbers)])
-            evidence["contents"] = rows
-        if self._ctx is not None:
-            self._ctx.event("data.fingerprints", evidence)
+        if self._window is not None:
+            self._window.flush()
 
     def _internal_error(self, what: str, exc: Exception) -> None:
-        """A guard bug inside the loader must not stop training: report, keep going."""
-        try:
-            if self._ctx is not None:
-                self._ctx.emit(
-                    Rule.GUARD_ERROR,
-                    Severity.MEDIUM,
-                    f"check data failed in {what}: {type(exc).__name__}: {exc}",
-                    where="check:data",
-                    evidence={"traceback": "".join(traceback.format_exception(exc, limit=8))},
-                )
-        except Exception:
-            log.exception("trainguard data check could not report its own failure")
+        internal_error(self._ctx, what, exc)
 
 
 # -- small helpers ---------------------------------------------------------------------
