@@ -14,5 +14,6 @@ _TESTS = str(Path(__file__).resolve().parent)
 if _TESTS not in sys.path:
     sys.path.insert(0, _TESTS)
 
+os.environ.setdefault("TRAINGUARD_AUTHORIZE", "test_*")  # tests open guard.authorized()
 if "TRAINGUARD_STATE_DIR" not in os.environ:
     os.environ["TRAINGUARD_STATE_DIR"] = tempfile.mkdtemp(prefix="trainguard-test-state-")

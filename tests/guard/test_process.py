@@ -301,3 +301,73 @@ def test_the_load_guard_and_the_recording_coexist(tmp_path: Path):
     assert not marker.exists()  # the load guard still blocks
     assert watch.findings[0].evidence["event"] == "os.system"
     assert [a.finding.evidence["event"] for a in _calls(guard)] == ["os.system"]
+
+
+# -- who started the program ---------------------------------------------------------------
+
+
+def test_a_fake_library_function_starting_a_program_is_an_alert():
+    """The attack on "verified library code": code of the attacker's making, compiled under
+    an installed module's file name and run in that module's own globals."""
+    import packaging.version as lib
+
+    fake = "import subprocess\ndef parse(v):\n    subprocess.Popen(['true']).wait()\n"
+    model, opt = _tiny()
+    guard = Guard(model, opt, checks=[ProcessCheck(signals=False)], ledger=False)
+    try:
+        namespace = lib.__dict__.copy()
+        exec(compile(fake, lib.__file__, "exec"), lib.__dict__)
+        try:
+            lib.parse("1.0")  # type: ignore[attr-defined]
+        finally:
+            lib.__dict__.clear()
+            lib.__dict__.update(namespace)
+        plugin: dict[str, object] = {"__name__": "plugin"}
+        exec(compile(fake, "<string>", "exec"), plugin)
+        plugin["parse"]("1.0")  # type: ignore[operator]
+        _step(model, opt, guard)
+    finally:
+        guard.close()
+    sites = sorted(a.finding.evidence["site"] for a in _calls(guard))
+    assert len(sites) == 2
+    assert {site.partition(":")[0] for site in sites} == {"<string>", lib.__file__}
+    assert all(a.finding.evidence["verified"] is False for a in _calls(guard))
+
+
+HONEST_SPAWNS = """
+import json, os, subprocess, sys
+import torch
+from trainguard.guard.checks.process import ProcessCheck
+from trainguard.guard.core import Guard
+
+os.environ["WANDB_MODE"] = "offline"
+os.environ["WANDB_SILENT"] = "true"
+model = torch.nn.Linear(4, 1)
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+guard = Guard(model, opt, checks=[ProcessCheck(signals=False)], ledger=False)
+subprocess.run(["true"], check=True)  # the entry script's own call
+import wandb
+run = wandb.init(project="trainguard-test", dir=sys.argv[1])  # starts its service
+run.log({"loss": 1.0})
+run.finish()
+exec(compile("subprocess.run(['true'])", __file__, "exec"))  # not the script's code
+guard.close()
+print(json.dumps({"alerts": [a.finding.evidence.get("site", a.rule.value) for a in guard.alerts]}))
+"""
+
+
+def test_wandb_offline_and_the_entry_script_start_programs_without_alerts(tmp_path: Path):
+    pytest.importorskip("wandb")
+    script = tmp_path / "train.py"
+    script.write_text(HONEST_SPAWNS)
+    out = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=tmp_path,
+        check=True,
+    )
+    got = __import__("json").loads(out.stdout.strip().splitlines()[-1])
+    (site,) = got["alerts"]  # only the exec'd copy under the script's name
+    assert site.startswith(f"{script}:")

@@ -54,6 +54,8 @@ CHILD = textwrap.dedent(
 
         class Opt:
             param_groups = []
+            id = 0  # a hook handle's id: the guard orders its hooks by it
+            _optimizer_step_pre_hooks = _optimizer_step_post_hooks = {}
 
             def register_step_pre_hook(self, hook):
                 return self
@@ -480,3 +482,63 @@ def test_an_early_watcher_is_picked_up_and_hands_over_what_it_kept(usr1_handler)
     assert _state() == before
     (alert,) = [a for a in guard.alerts if a.rule == Rule.PROCESS_SIGNAL]
     assert alert.finding.evidence["signal"] == "SIGUSR1"
+
+
+# -- a sender that writes its own siginfo --------------------------------------------------
+
+_RT_SIGQUEUEINFO = {"x86_64": 129, "aarch64": 240}
+
+
+def _sigqueue_forged(pid: int, sig: int, *, claimed_pid: int, claimed_uid: int) -> None:
+    """``rt_sigqueueinfo`` with a ``siginfo`` of our making: SI_QUEUE, any pid and uid."""
+    import ctypes
+    import struct
+
+    number = _RT_SIGQUEUEINFO[os.uname().machine]
+    info = bytearray(128)  # si_signo, si_errno, si_code, padding, then si_pid, si_uid
+    struct.pack_into("iii", info, 0, sig, 0, -1)  # -1: SI_QUEUE
+    struct.pack_into("iI", info, 16, claimed_pid, claimed_uid)
+    buf = ctypes.create_string_buffer(bytes(info), 128)
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(ctypes.c_long(number), pid, sig, buf) != 0:
+        raise OSError(ctypes.get_errno(), "rt_sigqueueinfo failed")
+
+
+@pytest.mark.skipif(
+    os.uname().machine not in _RT_SIGQUEUEINFO, reason="rt_sigqueueinfo number unknown here"
+)
+def test_a_sender_that_forges_its_pid_is_recorded_as_unverified(tmp_path: Path):
+    """The attack: sigqueue a signal claiming to come from init (pid 1). The alert keeps
+    the claim as evidence and says it is not verified; the message never blames pid 1."""
+    child = Child(tmp_path, early=True, handler=False, nap=30)
+    try:
+        child.expect("ready")
+        _sigqueue_forged(child.proc.pid, signal.SIGUSR1, claimed_pid=1, claimed_uid=0)
+        assert child.finish() == -signal.SIGUSR1  # still delivered as the job intended
+    finally:
+        if child.proc.poll() is None:
+            child.proc.kill()
+    (rec,) = child.signals()
+    ev = rec.evidence
+    assert rec.severity == "high"
+    assert ev["verified"] is False and ev["pid"] is None
+    assert ev["claimed_pid"] == 1 and ev["claimed_uid"] == 0
+    assert ev["code_name"] == "SI_QUEUE"
+    assert "claimed by sender, not verified" in rec.message
+    assert "pid 1" not in rec.message and "init" not in ev["cmdline"]
+
+
+def test_a_forged_sigint_from_pid_0_is_not_taken_for_a_terminal():
+    """SI_QUEUE with si_pid 0 would pass for the kernel's Ctrl-C (MEDIUM) if believed."""
+    from trainguard.guard.signals_sender import from_siginfo, signal_alert
+
+    class Info:
+        si_signo, si_code, si_pid, si_uid = int(signal.SIGINT), -1, 0, 0
+
+    received = from_siginfo(Info())
+    alert = signal_alert(received)
+    assert not received.verified and not received.from_self_or_terminal
+    assert alert.severity is Severity.HIGH and alert.where == "signal:SIGINT:from:unverified"
+    for code in (0, -6, 0x80):  # kill, tgkill, the kernel: filled in by the kernel
+        Info.si_code = code
+        assert from_siginfo(Info()).verified

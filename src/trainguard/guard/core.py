@@ -26,6 +26,7 @@ from typing import Any
 
 from trainguard.errors import ConfigError, GuardStopped
 from trainguard.findings import Alert, Finding, Location, Rule, Severity
+from trainguard.guard import authority as _authority
 from trainguard.guard.checks.base import Check, StepInfo
 from trainguard.guard.constraints import Constraint
 from trainguard.guard.coverage import Coverage
@@ -281,15 +282,48 @@ class Guard:
             self._heartbeat.beat(self._completed, info.step_time, self.busy_times)
         self._raise_pending()
 
-    @contextlib.contextmanager
-    def authorized(self, reason: str = "") -> Iterator[None]:
+    def authorized(
+        self, reason: str = "", *, token: str | None = None
+    ) -> contextlib.AbstractContextManager[None]:
         """Changes made inside are the user's own (a hand-edited LR, a loaded checkpoint):
         recorded as an event, then accepted as the new baseline. Weights written in place
         before the block opens are judged when it opens, not absorbed; at its end only the
         weight ranges due for verification are hashed, and what changed is named
-        (``weights.authorized`` event)."""
-        stack = "".join(traceback.format_stack(sys._getframe(2), limit=6))
-        self.event("guard.authorized", {"reason": reason, "stack": stack})
+        (``weights.authorized`` event).
+
+        Honoured only when the caller is the job's entry script, trainguard's own code, a
+        module named in ``TRAINGUARD_AUTHORIZE``, or presents ``trainguard run``'s token
+        (``trainguard.guard.authority``). Any other caller gets ``guard.authorization``
+        (MEDIUM) and a window that is not one: what changes inside is judged as usual."""
+        frame = sys._getframe(1)
+        return self._window(reason, _authority.judge(frame, token), frame)
+
+    @contextlib.contextmanager
+    def _window(self, reason: str, verdict: _authority.Verdict, frame: Any) -> Iterator[None]:
+        stack = "".join(traceback.format_stack(frame, limit=6))
+        honoured = verdict.trusted
+        self.event(
+            "guard.authorized",
+            {"reason": reason, "stack": stack, "by": verdict.by, "honoured": honoured},
+        )
+        if not honoured:
+            self.emit(
+                Rule.GUARD_AUTHORIZATION,
+                Severity.MEDIUM,
+                f"guard.authorized({reason!r}) opened by {verdict.module} "
+                f"({verdict.file}:{verdict.line}): {verdict.reason}; the window is not "
+                "honoured, changes inside are judged as usual",
+                where=f"authorized:{verdict.file}:{verdict.line}",
+                evidence={
+                    "reason": reason,
+                    "module": verdict.module,
+                    "why": verdict.reason,
+                    "stack": stack,
+                    "honoured": False,
+                },
+            )
+            yield
+            return
         self._authorized += 1
         try:
             if self._authorized == 1:

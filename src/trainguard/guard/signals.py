@@ -20,7 +20,11 @@ brings no sender and only delays Ctrl-C while the main thread sleeps, so with th
 like that (``threads_not_blocking``) nothing is blocked and only the handlers below run
 (``mode == "handlers"``, as without ``sigwaitinfo`` on macOS). To know the senders, call
 ``watch_early()`` first thing in the training script, before importing numpy or torch;
-a ``Guard`` attached later picks that watcher up and gets what it kept.
+a ``Guard`` attached later picks that watcher up and gets what it kept. Under
+``trainguard run`` the start-up hook does this in every process of the job and binds a
+fallback report to the ledger (``bind_fallback``), so a process that never makes a
+``Guard`` still records who signalled it. How far the sender can be believed is
+``trainguard.guard.signals_sender``'s business (``Received.verified``).
 
 Python handlers are wrapped (the backstop), so a signal that did not go through the
 watcher is still recorded, with the sender unknown, before the job's handler runs. A
@@ -50,13 +54,13 @@ import contextlib
 import os
 import signal
 import threading
-import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from trainguard.guard.signals_sender import Received, from_siginfo, unknown
+from trainguard.guard.signals_sender import name as _name
+from trainguard.guard.signals_sender import threads_not_blocking as _threads_not_blocking
 from trainguard.load import audithook
 
 __all__ = ["WATCHED", "Received", "SignalWatcher", "current", "watch_early"]
@@ -66,7 +70,6 @@ WATCHED: tuple[signal.Signals, ...] = tuple(
     getattr(signal, n) for n in _NAMES if hasattr(signal, n)
 )
 _POLL_S = 1.0
-_SI_KERNEL = 0x80  # sent by the kernel: a terminal's Ctrl-C
 _WAKE = getattr(signal, "SIGRTMAX", None)
 _KEEP_UNBOUND = 64
 _CARRIER = getattr(signal, "SIGWINCH", None)
@@ -77,30 +80,6 @@ _active: SignalWatcher | None = None
 _fork_handler = False
 _leftover: set[int] = set()
 _leftover_recording: audithook.Recording | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Received:
-    """One signal and what is known of its sender (``pid`` None: unknown)."""
-
-    signal: str
-    signum: int
-    pid: int | None
-    uid: int | None
-    code: int | None
-    cmdline: str
-    exe: str | None
-    via: str  # "sigwaitinfo" or "handler"
-    time: float
-
-    @property
-    def sender_known(self) -> bool:
-        return self.pid is not None
-
-    @property
-    def from_self_or_terminal(self) -> bool:
-        """Sent by this process, or by the kernel for a terminal (Ctrl-C)."""
-        return self.pid is not None and (self.pid in (0, os.getpid()) or self.code == _SI_KERNEL)
 
 
 class SignalWatcher:
@@ -124,6 +103,7 @@ class SignalWatcher:
         self.errors: list[str] = []
         self._report = report
         self._flush = flush
+        self._fallback: tuple[Report, Callable[[], None] | None] | None = None
         self._kept: list[Received] = []
         self._original: dict[int, Any] = {}
         self._installed: set[int] = set()
@@ -204,6 +184,18 @@ class SignalWatcher:
         for received in kept:
             self._emit(received)
 
+    def bind_fallback(self, report: Report | None, flush: Callable[[], None] | None = None) -> None:
+        """Report to ``report`` whenever nothing is ``bind``-ed (``trainguard run``'s
+        start-up binds the ledger here, so a process without a ``Guard`` still records its
+        senders; a ``Guard`` binds over it and hands back on close). Hands over what was
+        kept."""
+        with self._lock:
+            self._fallback = None if report is None else (report, flush)
+            primary = self._report is not None
+            kept, self._kept = ([], self._kept) if primary or report is None else (self._kept, [])
+        for received in kept:
+            self._emit(received)
+
     def stop(self) -> None:
         """Stop watching and put the mask and the handlers back (from the main thread)."""
         global _active
@@ -221,7 +213,7 @@ class SignalWatcher:
                 signal.signal(sig, self._original[sig])
         self._unblock_main()
         self.mode, self.reason = "off", "stopped"
-        self._report = self._flush = None
+        self._report = self._flush = self._fallback = None
         if _active is self:
             _active = None
 
@@ -320,20 +312,7 @@ class SignalWatcher:
 
     def _handle(self, info: Any) -> None:
         signum = int(info.si_signo)
-        pid = int(info.si_pid)
-        self._emit(
-            Received(
-                signal=_name(signum),
-                signum=signum,
-                pid=pid,
-                uid=int(info.si_uid),
-                code=int(info.si_code),
-                cmdline=_cmdline(pid),
-                exe=_exe(pid),
-                via="sigwaitinfo",
-                time=time.time(),
-            )
-        )
+        self._emit(from_siginfo(info))
         try:
             self._deliver(signum)
         except Exception as exc:  # noqa: BLE001 - the watcher must outlive a failed delivery
@@ -377,24 +356,14 @@ class SignalWatcher:
             if delivering:
                 self._tokens[signum] -= 1
         if not delivering:  # reached a thread that does not block it: sender unknown
-            self._emit(
-                Received(
-                    signal=_name(signum),
-                    signum=signum,
-                    pid=None,
-                    uid=None,
-                    code=None,
-                    cmdline="sender unknown (delivered to a handler, not to the watcher)",
-                    exe=None,
-                    via="handler",
-                    time=time.time(),
-                )
-            )
+            self._emit(unknown(signum))
         return target(signum, frame) if callable(target) else None
 
     def _emit(self, received: Received) -> None:
         with self._lock:
             report, flush = self._report, self._flush
+            if report is None and self._fallback is not None:
+                report, flush = self._fallback
             if report is None:
                 self._kept = [*self._kept[-(_KEEP_UNBOUND - 1) :], received]
                 return
@@ -415,6 +384,7 @@ class SignalWatcher:
         if self._blocked:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, self._blocked)
         self.mode, self.reason, self._report = "off", "forked child", None
+        self._fallback = None
 
 
 def current() -> SignalWatcher | None:
@@ -476,58 +446,3 @@ def _unblock_leftover(call: audithook.CallEvent) -> None:
         return  # the running watch handles it (and blocks them again afterwards)
     if _leftover & {int(s) for s in signal.pthread_sigmask(signal.SIG_BLOCK, [])}:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _leftover)
-
-
-def _name(signum: int) -> str:
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return f"signal {signum}"
-
-
-def _cmdline(pid: int) -> str:
-    if pid == 0:
-        return "(the kernel: a terminal's Ctrl-C or a kernel event)"
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except FileNotFoundError:
-        return f"(process {pid} exited before its command line could be read)"
-    except OSError as exc:
-        return f"(unreadable: {exc.strerror})"
-    if not raw:
-        return f"(process {pid} exited or is a kernel thread: no command line)"
-    return raw.rstrip(b"\0").replace(b"\0", b" ").decode(errors="replace")[:500]
-
-
-def _exe(pid: int) -> str | None:
-    if pid == 0:
-        return None
-    try:
-        return os.readlink(f"/proc/{pid}/exe")
-    except OSError:
-        return None
-
-
-def _threads_not_blocking(signals: Iterable[int], skip: set[int]) -> int:
-    """Threads of this process (but ``skip``, native ids) that would take the signals
-    before a thread waiting for them (Linux only)."""
-    wanted = 0
-    for sig in signals:
-        wanted |= 1 << (int(sig) - 1)
-    count = 0
-    try:
-        tasks = list(Path("/proc/self/task").iterdir())
-    except OSError:
-        return 0
-    for task in tasks:
-        if task.name.isdigit() and int(task.name) in skip:
-            continue
-        try:
-            for line in (task / "status").read_text().splitlines():
-                if line.startswith("SigBlk:"):
-                    if int(line.split()[1], 16) & wanted != wanted:
-                        count += 1
-                    break
-        except (OSError, ValueError):
-            continue
-    return count

@@ -6,6 +6,15 @@ The start-up folder is private (``mkdtemp``: mode 0700, owned by the launcher's 
 holds a copy of ``startup/sitecustomize.py`` read from the installed trainguard package,
 which the environment verify has just checked; nobody else can swap it between the check
 and the job's start.
+
+Two more things reach the job through its environment, both read by the start-up hook
+before any of the job's own code runs: the supervisor's pid (``TRAINGUARD_SUPERVISOR_PID``:
+a signal from it is the supervisor stopping or forwarding, an event rather than an alert)
+and a per-run authority token (``TRAINGUARD_AUTHORITY``, see
+``trainguard.guard.authority``): each process of the job but a launcher removes it from
+its environment and keeps only its digest; the plaintext stays with the supervisor
+(``Bootstrap.authority``). What this trusts: that nothing runs in a job process before the
+start-up hook (the job's own ``sitecustomize`` is chained after it).
 """
 
 from __future__ import annotations
@@ -22,10 +31,12 @@ from pathlib import Path
 from trainguard.guard.heartbeat import HEARTBEAT_DIR, RUN_DIR_ENV
 
 __all__ = [
+    "AUTHORITY_ENV",
     "KEY_ENV",
     "LEDGER_ENV",
     "LEDGER_KEY_ENV",
     "PROTECT_ENV",
+    "SUPERVISOR_PID_ENV",
     "Bootstrap",
     "make_bootstrap",
 ]
@@ -33,6 +44,8 @@ __all__ = [
 LEDGER_ENV = "TRAINGUARD_LEDGER"
 LEDGER_KEY_ENV = "TRAINGUARD_LEDGER_KEY"
 KEY_ENV = "TRAINGUARD_RUN_KEY"
+AUTHORITY_ENV = "TRAINGUARD_AUTHORITY"
+SUPERVISOR_PID_ENV = "TRAINGUARD_SUPERVISOR_PID"
 PROTECT_ENV = "TRAINGUARD_PROTECT"
 _TEMPLATE = Path(__file__).parent / "startup" / "sitecustomize.py"
 
@@ -44,6 +57,8 @@ class Bootstrap:
     startup_dir: Path
     key: str
     """The per-run secret (hex) every rank's guard keys its fingerprints with."""
+    authority: str = ""
+    """The per-run token that opens a ``guard.authorized()`` window from any code."""
 
     def child_env(
         self,
@@ -60,6 +75,11 @@ class Bootstrap:
         env[LEDGER_ENV] = str(ledger)
         env[KEY_ENV] = self.key
         env[PROTECT_ENV] = "1" if protect else "0"
+        env[SUPERVISOR_PID_ENV] = str(os.getpid())
+        if self.authority:
+            env[AUTHORITY_ENV] = self.authority
+        else:
+            env.pop(AUTHORITY_ENV, None)
         if ledger_key is not None:
             env[LEDGER_KEY_ENV] = str(ledger_key)
         else:
@@ -89,4 +109,6 @@ def make_bootstrap(ledger: Path) -> Bootstrap:
     heartbeats.mkdir(mode=0o700)
     startup = Path(tempfile.mkdtemp(prefix="trainguard-startup-"))
     shutil.copyfile(_TEMPLATE, startup / "sitecustomize.py")
-    return Bootstrap(run_dir, heartbeats, startup, secrets.token_hex(32))
+    return Bootstrap(
+        run_dir, heartbeats, startup, secrets.token_hex(32), authority=secrets.token_hex(32)
+    )

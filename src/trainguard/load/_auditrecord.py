@@ -38,7 +38,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
@@ -81,8 +81,9 @@ MAX_DEPTH = 64
 """How many frames, innermost first, the hook hands to ``on_event``."""
 _STACK_SHOWN = 8
 
-Frame = tuple[str, int | None, str, dict[str, Any]]
-"""One frame as the hook hands it over: file, line, function, the frame's globals."""
+Frame = tuple[str, int | None, str, dict[str, Any], Any]
+"""One frame as the hook hands it over: file, line, function, the frame's globals, its
+code object (never read here: the guard judges who started a program with it)."""
 
 _lock = threading.Lock()
 _busy = threading.local()
@@ -109,6 +110,11 @@ class CallEvent:
     importing: bool
     thread: str
     stack: str
+    site_code: Any = field(default=None, compare=False, repr=False)
+    """The code object running at ``site`` (judged by the guard's process check)."""
+    site_globals: Any = field(default=None, compare=False, repr=False)
+    unix_socket: bool = False
+    """A socket event on a Unix socket (a local service, never the network)."""
 
 
 class Recording:
@@ -327,6 +333,11 @@ def _describe(event: str, args: tuple[Any, ...], frames: Sequence[Frame]) -> Cal
         importing=importing,
         thread=threading.current_thread().name,
         stack=_stack_text(frames),
+        site_code=where[4] if where is not None and len(where) > 4 else None,
+        site_globals=where[3] if where is not None else None,
+        unix_socket=event in _SOCKET_EVENTS
+        and bool(args)
+        and getattr(args[0], "family", None) == getattr(socket, "AF_UNIX", None),
     )
 
 
@@ -339,10 +350,10 @@ def _stack_text(frames: Sequence[Frame]) -> str:
     """What ``traceback.format_stack`` shows (innermost frames, outermost first), from the
     hook's plain data: source lines come from ``linecache``, which only reads files."""
     shown = frames[:_STACK_SHOWN]
-    for filename, _, _, module_globals in shown:
+    for filename, _, _, module_globals, _ in shown:
         linecache.lazycache(filename, module_globals)
     summary = traceback.StackSummary.from_list(
-        [traceback.FrameSummary(f, n, name, lookup_line=False) for f, n, name, _ in shown[::-1]]
+        [traceback.FrameSummary(f, n, name, lookup_line=False) for f, n, name, _, _ in shown[::-1]]
     )
     return "".join(summary.format())
 

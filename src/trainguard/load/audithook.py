@@ -141,20 +141,21 @@ def _make_hook() -> Callable[[str, tuple[Any, ...]], None]:
     def text_of(value: Any) -> str:
         return value if kind(value) is str else "?"  # a str subclass never runs in the hook
 
-    def frames_of(frame: Any, limit: int) -> list[tuple[str, Any, str, Any]]:
+    def frames_of(frame: Any, limit: int) -> list[tuple[str, Any, str, Any, Any]]:
         """The stack as plain data: taken here, inside ``own``, because ``f_code`` is itself
-        an audited read; what is kept (str, int, the globals dict) runs no code to take."""
-        out: list[tuple[str, Any, str, Any]] = []
+        an audited read; what is kept (str, int, the globals dict, the code object, for
+        judging who started a program) runs no code to take."""
+        out: list[tuple[str, Any, str, Any, Any]] = []
         while frame is not None and size(out) < limit:
             code = frame.f_code
             out.append((text_of(code.co_filename), frame.f_lineno, text_of(code.co_name),
-                        frame.f_globals))  # fmt: skip
+                        frame.f_globals, code))  # fmt: skip
             frame = frame.f_back
         return out
 
-    def stack_of(frames: list[tuple[str, Any, str, Any]]) -> str:
+    def stack_of(frames: list[tuple[str, Any, str, Any, Any]]) -> str:
         out = ""
-        for filename, line, name, _ in frames[:traced]:
+        for filename, line, name, _, _ in frames[:traced]:
             lineno = text(line) if kind(line) is int else "?"
             out = out + "  " + filename + ":" + lineno + " in " + name + "\n"
         return out
@@ -208,7 +209,7 @@ def _make_hook() -> Callable[[str, tuple[Any, ...]], None]:
         wanted = recorder.wants(event)
         if not refused and not wanted:
             return
-        frames: list[tuple[str, Any, str, Any]] = []
+        frames: list[tuple[str, Any, str, Any, Any]] = []
         caller: Any = None
         trace = detail = ""
         own.add(ident)

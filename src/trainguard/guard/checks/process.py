@@ -2,18 +2,26 @@
 
 Two watches, both process-wide and running while the guard is attached:
 
-* a PEP 578 audit recording (``trainguard.load.audithook.record``): a program started, a
-  process signalled, a network connection, a native library loaded, from any thread,
-  becomes ``runtime.suspicious_call`` (HIGH) with the call site, the arguments, a short
-  stack and the thread. Repeats from the same call site are counted, not re-recorded
-  (``where`` names the event and the site). Nothing is blocked: a training job's own
+* a PEP 578 audit recording (``trainguard.load.audithook.record``): a process signalled,
+  a network connection, a native library loaded, a program started by unverified code,
+  from any thread, becomes ``runtime.suspicious_call`` (HIGH) with the call site, the
+  arguments, a short stack and the thread. Repeats from the same call site are counted,
+  not re-recorded (``where`` names the event and the site). Nothing is blocked: a training job's own
   legitimate calls belong in ``allow`` (event names, module prefixes, ``EVENT@MODULE``);
   trainguard's own calls, DataLoader workers' plumbing and ``torch.compile``'s compilers
-  are never reported (see ``trainguard.load._auditrecord``).
+  are never reported (see ``trainguard.load._auditrecord``). A program started, or a
+  Unix socket connected, by verified code is the event ``process.spawned`` /
+  ``process.connected``: the code at the call site is the entry script's as on disk, or
+  an installed library's that its own file compiles to (this trusts the library files on
+  disk: ``trainguard env`` verifies those). Code built by ``exec`` or from a temp file,
+  or under a module whose file does not hold it, is not verified: still an alert.
 * a signal watcher (``trainguard.guard.signals``): SIGTERM, SIGINT, SIGHUP, SIGUSR1,
   SIGUSR2 become ``process.signal`` with the sender's pid, uid and command line (HIGH;
   MEDIUM for a SIGINT from this process or a terminal), flushed to the ledger before the
-  signal is delivered as the job intended.
+  signal is delivered as the job intended. The sender is believed only where the kernel
+  filled it in (``kill``, ``tgkill``, the kernel's own codes); a ``sigqueue``-style sender
+  writes its own pid and uid, so those are kept as a claim ("claimed by sender, not
+  verified") and never named in the message (``trainguard.guard.signals_sender``).
 
 Alerts carry the step in progress: an event in the loop body before ``optimizer.step()``
 belongs to the step being computed, not to the one before it.
@@ -25,8 +33,10 @@ from collections.abc import Iterable
 from typing import ClassVar
 
 from trainguard.findings import Rule, Severity
+from trainguard.guard import authority as _authority
 from trainguard.guard import signals as _signals
 from trainguard.guard.checks.base import Check, GuardContext, StepInfo
+from trainguard.guard.signals_sender import signal_alert
 from trainguard.load import audithook
 
 __all__ = ["ProcessCheck"]
@@ -122,31 +132,26 @@ class ProcessCheck(Check):
         )
 
     def _on_signal(self, ctx: GuardContext, received: _signals.Received) -> None:
-        mild = received.signal == "SIGINT" and (
-            received.from_self_or_terminal or not received.sender_known
-        )
-        sender = str(received.pid) if received.sender_known else "unknown"
+        alert = signal_alert(received)
         ctx.emit(
             Rule.PROCESS_SIGNAL,
-            Severity.MEDIUM if mild else Severity.HIGH,
-            f"{received.signal} from pid {sender} ({received.cmdline})",
-            where=f"signal:{received.signal}:from:{sender}",
-            evidence={
-                "signal": received.signal,
-                "pid": received.pid,
-                "uid": received.uid,
-                "cmdline": received.cmdline,
-                "exe": received.exe,
-                "code": received.code,
-                "via": received.via,
-                "sender": "known" if received.sender_known else "sender unknown",
-            },
+            alert.severity,
+            alert.message,
+            where=alert.where,
+            evidence=alert.evidence,
             step=self._step(ctx),
         )
 
     # -- audited calls -------------------------------------------------------------------
 
     def _on_call(self, ctx: GuardContext, call: audithook.CallEvent) -> None:
+        origin = _honest_origin(call)
+        if origin is not None:
+            ctx.event(
+                "process.spawned" if call.event in audithook.SPAWN_EVENTS else "process.connected",
+                {"event": call.event, "args": call.args, "site": call.site, "origin": origin},
+            )
+            return
         ctx.emit(
             Rule.SUSPICIOUS_CALL,
             Severity.HIGH,
@@ -160,6 +165,7 @@ class ProcessCheck(Check):
                 "stack": call.stack,
                 "thread": call.thread,
                 "authorized": ctx.is_authorized,
+                "verified": False,
             },
             step=self._step(ctx),
         )
@@ -192,3 +198,14 @@ class ProcessCheck(Check):
                 where="check:process:signals",
                 evidence={"errors": fresh},
             )
+
+
+def _honest_origin(call: audithook.CallEvent) -> str | None:
+    """A program started, or a Unix socket connected (a library talking to the service it
+    started: wandb), by verified code: the entry script, or installed library code that
+    is what its file on disk compiles to (``trainguard.guard.authority.verified_origin``).
+    Signals, network connections and everything else stay alerts."""
+    local = call.event == "socket.connect" and call.unix_socket
+    if call.event not in audithook.SPAWN_EVENTS and not local:
+        return None
+    return _authority.verified_origin(call.site_code, call.site_globals)

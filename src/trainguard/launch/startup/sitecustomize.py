@@ -9,9 +9,12 @@ the job (``torchrun``, its ranks, spawned workers). It then:
 2. runs the ``sitecustomize`` this one hides (found further along ``sys.path``), so the
    environment behaves as it would without trainguard;
 3. calls ``trainguard.protect()``: every ``torch.load``/``pickle`` load is scanned first;
-4. starts the signal watch (``trainguard.guard.signals.watch_early``) in every process but
-   a launcher's (torchrun, accelerate), before torch starts its threads, so that the
-   sender of a SIGTERM/SIGINT/SIGHUP/SIGUSR* is known once a ``Guard`` attaches;
+4. in every process but a launcher's (torchrun, accelerate): takes the supervisor's
+   authority token out of the environment (``trainguard.guard.authority``), and starts the
+   signal watch (``trainguard.guard.signals.watch_early``) before torch starts its
+   threads, bound to the ledger until a ``Guard`` takes it over: every process of the job
+   records who signalled it (``process.signal``; from the supervisor, an event), guarded
+   or not, before the signal is delivered, and its boot file names the senders too;
 5. at a normal interpreter exit, records ``"exit": "normal"`` in the boot file: a process
    that vanishes without it died by a signal or ``os._exit``.
 
@@ -118,11 +121,19 @@ def _boot() -> None:
         except Exception as exc:  # noqa: BLE001  a broken install must not stop the job
             body["protected"] = False
             body["errors"].append(f"trainguard.protect() failed: {type(exc).__name__}: {exc}")
-    if os.environ.get(_SIGNALS_ENV, "1") != "0" and not _is_agent(body["orig_argv"]):
+    agent = _is_agent(body["orig_argv"])
+    if not agent:
+        try:  # the job's code must never see the token (a launcher passes it on)
+            from trainguard.guard import authority
+
+            body["authority"] = authority._token_digest is not None
+        except Exception as exc:  # noqa: BLE001
+            body["errors"].append(f"authority failed: {type(exc).__name__}: {exc}")
+    if os.environ.get(_SIGNALS_ENV, "1") != "0" and not agent:
         try:  # before torch starts its thread pools, so every signal's sender is known
             from trainguard.guard.signals import watch_early
 
-            watch_early()
+            watch_early().bind_fallback(_signal_report(body, path))
             body["signals"] = True
         except Exception as exc:  # noqa: BLE001
             body["signals"] = False
@@ -141,6 +152,62 @@ def _boot() -> None:
     import atexit
 
     atexit.register(on_exit)
+
+
+def _signal_report(body: dict[str, Any], path: str | None) -> Any:
+    """Record a signal this process got while no ``Guard`` has the watch: an alert in the
+    ledger (an event when the supervisor, or the launcher agent that started this process,
+    sent it: they stop and tear down the job) and the sender in the boot file."""
+    from trainguard.findings import Finding, Location, Rule
+    from trainguard.guard.signals_sender import signal_alert
+    from trainguard.ledger.sink import open_ledger
+
+    supervisor = _int(os.environ.get("TRAINGUARD_SUPERVISOR_PID"))
+
+    def report(received: Any) -> None:
+        said = signal_alert(received)
+        evidence = {**said.evidence, "guard": False}
+        ours = (
+            received.verified
+            and received.pid is not None
+            and (received.pid == supervisor or _agent_parent(received.pid))
+        )
+        body.setdefault("signalled_by", []).append(
+            {"signal": received.signal, "pid": received.pid, "verified": received.verified}
+        )
+        if path is not None:
+            _write(path, body)
+        ledger, owned = open_ledger(None, _int(os.environ.get("RANK")) or 0)
+        if ledger is None:
+            return
+        try:
+            if ours:
+                evidence["event"] = "process.signal"
+                evidence["from_supervisor"] = True
+                ledger.append_event("process.signal", evidence=evidence)
+            else:
+                message = f"{said.message} (no guard in this process)"
+                finding = Finding(
+                    Rule.PROCESS_SIGNAL, said.severity, message, Location(said.where), evidence
+                )
+                ledger.append_alert(finding)
+        finally:
+            if owned:
+                ledger.close()
+
+    return report
+
+
+def _agent_parent(pid: int) -> bool:
+    """``pid`` is this process's parent and a launcher agent (torchrun tearing down)."""
+    if pid != os.getppid():
+        return False
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().rstrip(b"\0").decode(errors="replace").split("\0")
+    except OSError:
+        return False
+    return _is_agent(argv)
 
 
 def _is_agent(argv: list[str]) -> bool:
