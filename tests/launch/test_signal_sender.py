@@ -61,7 +61,8 @@ def test_a_sigterm_to_an_unguarded_job_names_its_sender(tmp_path: Path):
     assert signalled.evidence["pid"] == sender.pid and signalled.evidence["guard"] is False
     assert "kill" in signalled.evidence["cmdline"] and signalled.pid == job
     assert f"pid {sender.pid}" in signalled.message
-    assert [r for r in records if r.alert == "process.killed"]  # how it died, as before
+    (killed,) = [r for r in records if r.alert == "process.killed"]  # how it died
+    assert f"sent by pid {sender.pid}" in killed.message
     boot = json.loads(next((ledger / "runs").glob(f"*/heartbeats/{job}.boot.json")).read_text())
     assert boot["signalled_by"] == [{"signal": "SIGTERM", "pid": sender.pid, "verified": True}]
     assert boot["authority"] is True  # the token was there, and taken out of os.environ

@@ -9,7 +9,9 @@
 
 A death by a signal that neither trainguard (stopping or forwarding) nor torchrun sent is
 ``process.killed``. SIGKILL is marked uncatchable (the process could record nothing),
-and an OOM kill is told apart by the cgroup's OOM-kill counter.
+and an OOM kill is told apart by the cgroup's OOM-kill counter. For a catchable signal,
+the sender the process recorded in its boot file (``signalled_by``, verified only for
+kernel-filled signal codes) is named.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import signal
 import subprocess
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from trainguard.findings import Rule, Severity
@@ -94,6 +96,15 @@ class Endings:
         self, proc: Proc, rank: int | None, *, final: bool, status: int | None = None
     ) -> Ending | None:
         """How ``proc`` ended, or ``None`` to ask again later (a witness may still come)."""
+        ending = self._judge(proc, rank, final=final, status=status)
+        senders = proc.boot.get("signalled_by") if proc.boot else None
+        if ending is None or not isinstance(senders, list) or not senders:
+            return ending
+        return replace(ending, extra={**ending.extra, "signalled_by": senders[-8:]})
+
+    def _judge(
+        self, proc: Proc, rank: int | None, *, final: bool, status: int | None
+    ) -> Ending | None:
         if status is None:
             status = self.statuses.get(proc.pid)
         if status is not None:
@@ -150,6 +161,8 @@ class Endings:
             message += " (the cgroup's OOM-kill count rose: most likely the kernel's OOM killer)"
         elif uncatchable:
             message += ", which cannot be caught: the process could record nothing"
+        else:
+            message += _sender(ending)
         return Raised(
             Rule.PROCESS_KILLED,
             Severity.MEDIUM if oom else Severity.HIGH,
@@ -162,6 +175,20 @@ class Endings:
                 "oom": oom,
             },
         )
+
+
+def _sender(ending: Ending) -> str:
+    """Who the process itself recorded sending it this signal (its start-up hook writes
+    ``signalled_by`` into its boot file before the signal takes effect)."""
+    senders = ending.extra.get("signalled_by") or []
+    names = (ending.signal, signal_name(ending.signal) if ending.signal else None)
+    said = [s for s in senders if isinstance(s, dict) and s.get("signal") in names]
+    if not said:
+        return ""
+    last = said[-1]
+    if last.get("verified") and last.get("pid") is not None:
+        return f", sent by pid {last['pid']}"
+    return ", by a sender that gave a pid of its own choosing (claimed, not verified)"
 
 
 def _own(proc: Proc, child: subprocess.Popen[bytes]) -> int | None:
