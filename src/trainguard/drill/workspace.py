@@ -102,7 +102,11 @@ class Workspace:
             "--ledger",
             str(ledger),
             "--no-env-verify",
+            # attaching may take long on a busy machine (import torch, build the model);
+            # a guard closed mid-run (the guard-removed scenario) is judged sooner
             "--guard-timeout",
+            "90",
+            "--closed-after",
             "20",
             "--hang-after",
             "60",

@@ -3,27 +3,37 @@
 much slower than the others (``process.straggler``).
 
 Each check fires once per rank and episode (a hang re-arms when the rank moves again), and
-only on evidence that cannot come from an honest run inside the configured bounds: a
-straggler needs several post-warm-up samples on at least two ranks and has to hold on
-three successive heartbeats of the slow rank.
+only on evidence that cannot come from an honest run inside the configured bounds. A
+straggler is judged on windows of each rank's step times past a warm-up (their lower
+quartile), against the other ranks' and the job's own spread, and has to hold on three
+successive heartbeats that moved on (the rule: ``guard/checks/_straggle.py``), so a
+loaded machine, which slows every rank unevenly, is not a straggler.
+
+What it trusts: the heartbeat files. A rank's step and times are what its guard wrote;
+a process that forges its heartbeat can hide its own slowness or make another rank look
+slow (the replica check's busy times, gathered in-band, are the second opinion). The
+straggler alert is about liveness, never integrity.
 """
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from trainguard.findings import Rule, Severity
+from trainguard.guard.checks._straggle import Policy, Streaks, Window, slow_ranks
 from trainguard.launch.heartbeats import ProcTable, RankView
 
 __all__ = ["Raised", "Watch"]
 
+WARMUP_STEPS = 4
+"""Steps whose times are never compared: the first steps of an honest job are uneven."""
+WINDOW = 8
 MIN_SAMPLES = 6
-STRAGGLER_RATIO = 2.0
-STRAGGLER_MIN_GAP_S = 0.05
-STRAGGLER_CONFIRMATIONS = 3
+POLICY = Policy(ratio=2.0, min_excess_s=0.05, spread_k=4.0, confirmations=3)
+"""A window is the rank's last ``WINDOW`` step times past the warm-up; a straggler holds
+on three successive heartbeats that moved on (see ``guard/checks/_straggle.py``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,8 +65,8 @@ class Watch:
         self.hang_after = hang_after
         self._missing: set[tuple[int | None, str]] = set()
         self._hung: dict[int, float] = {}
-        self._straggling: dict[int, tuple[int, int]] = {}
-        self._straggler_done: set[int] = set()
+        self._steps: dict[int, int] = {}
+        self._streaks = Streaks(POLICY.confirmations)
 
     def check(self, now: float, *, job_alive: bool) -> list[Raised]:
         views = self.table.ranks()
@@ -165,46 +175,51 @@ class Watch:
     # -- process.straggler --------------------------------------------------------------
 
     def _stragglers(self, views: Mapping[int, RankView]) -> list[Raised]:
-        medians: dict[int, tuple[float, int, int]] = {}
+        windows: dict[int, Window] = {}
+        fresh: list[int] = []
         for rank, view in views.items():
             latest = view.latest_beat()
-            if latest is None or not view.attached:
+            step = view.step()
+            if latest is None or not view.attached or step is None:
                 continue
-            samples = latest.samples()
-            if len(samples) >= MIN_SAMPLES:
-                medians[rank] = (statistics.median(samples), len(samples), latest.beats_seen)
+            samples = _past_warm_up(latest.samples(), step)[-WINDOW:]
+            if len(samples) < MIN_SAMPLES:
+                continue
+            windows[rank] = Window.of(samples)
+            if self._steps.get(rank) != step:
+                self._steps[rank] = step
+                fresh.append(rank)
+        slow = slow_ranks(windows, POLICY)
         out: list[Raised] = []
-        if len(medians) < 2:
-            return out
-        for rank, (mine, count, beats) in medians.items():
-            others = statistics.median(m for r, (m, _, _) in medians.items() if r != rank)
-            slow = mine > STRAGGLER_RATIO * others and mine - others > STRAGGLER_MIN_GAP_S
-            if not slow or rank in self._straggler_done:
-                self._straggling.pop(rank, None)
-                continue
-            seen, last_beats = self._straggling.get(rank, (0, -1))
-            if beats != last_beats:
-                seen += 1
-            self._straggling[rank] = (seen, beats)
-            if seen < STRAGGLER_CONFIRMATIONS:
-                continue
-            self._straggler_done.add(rank)
+        for rank in self._streaks.update(slow, fresh):
+            hit, mine = slow[rank], windows[rank]
             out.append(
                 Raised(
                     Rule.PROCESS_STRAGGLER,
                     Severity.MEDIUM,
-                    f"rank {rank} is a straggler: median step {mine * 1000:.0f} ms against "
-                    f"{others * 1000:.0f} ms on the other ranks ({mine / others:.1f}x)"
-                    if others > 0
-                    else f"rank {rank} is a straggler: median step {mine * 1000:.0f} ms",
+                    f"rank {rank} is a straggler: its faster steps take "
+                    f"{hit.level_s * 1000:.0f} ms (median {hit.median_s * 1000:.0f} ms) "
+                    f"against {hit.others_s * 1000:.0f} ms on the other ranks (spread "
+                    f"{hit.spread_s * 1000:.0f} ms), over {POLICY.confirmations} successive "
+                    "windows",
                     rank=rank,
                     step=views[rank].step(),
                     evidence={
-                        "median_s": round(mine, 6),
-                        "others_median_s": round(others, 6),
-                        "samples": count,
-                        "ranks_compared": sorted(medians),
+                        "median_s": round(hit.median_s, 6),
+                        "level_s": round(hit.level_s, 6),
+                        "others_level_s": round(hit.others_s, 6),
+                        "spread_s": round(hit.spread_s, 6),
+                        "threshold_s": round(hit.threshold_s, 6),
+                        "samples": mine.count,
+                        "windows": POLICY.confirmations,
+                        "ranks_compared": sorted(windows),
                     },
                 )
             )
         return out
+
+
+def _past_warm_up(samples: list[float], step: int) -> list[float]:
+    """The samples of steps after ``WARMUP_STEPS`` (the last sample is ``step``'s)."""
+    first = step - len(samples) + 1
+    return samples[max(0, WARMUP_STEPS + 1 - first) :]

@@ -5,9 +5,14 @@ With identical initial weights and all-reduced gradients, every rank applies the
 update to the same bits, so the keyed fingerprints of the weights and of the optimizer
 state are equal on all ranks, exactly. Every ``every`` steps each rank contributes one
 small int64 vector to an ``all_gather``: weight digest, optimizer-state digest, an RNG
-state digest, and its local busy time (data loading + forward, measured from the end of
-the previous optimizer step to the end of the model's forward, which excludes the time
-spent waiting for other ranks in the backward all-reduce). A rank whose digests differ
+state digest, and the median, lower quartile and spread of its local busy times since
+the last gather
+(data loading + forward, measured from the end of the previous optimizer step to the end
+of the model's forward, which excludes the time spent waiting for other ranks in the
+backward all-reduce; the first ``_WARMUP_STEPS`` steps are left out). Rank 0 names a
+straggler by the rule of ``_straggle.py``: its window is slow against the others' and the
+job's own spread on ``_STRAGGLER.confirmations`` successive gathers, so a loaded machine
+is not a straggler; the busy times are each rank's own word. A rank whose digests differ
 from the majority is named; with two ranks there is no majority, so both are named. A
 second gather of per-parameter digests then says which parameters differ.
 
@@ -27,13 +32,15 @@ from collections import Counter, deque
 from typing import Any
 
 from trainguard.findings import Rule, Severity
+from trainguard.guard.checks._straggle import Policy, Streaks, Window, slow_ranks
 from trainguard.guard.checks.base import Check, GuardContext
 from trainguard.guard.checks.fingerprint import Fingerprinter
 
 __all__ = ["ReplicaCheck"]
 
-_STRAGGLER_RATIO = 2.0
-_STRAGGLER_MIN_S = 0.05
+_STRAGGLER = Policy(ratio=2.0, min_excess_s=0.05, spread_k=4.0, confirmations=2)
+_WARMUP_STEPS = 4
+_MIN_WINDOW = 4
 _GRAD_RATIO = 10.0
 
 
@@ -42,7 +49,9 @@ class ReplicaCheck(Check):
 
     def __init__(self) -> None:
         self._fp: Fingerprinter | None = None
-        self._busy: deque[float] = deque(maxlen=32)
+        self._busy: deque[float] = deque(maxlen=64)  # since the last gather, past warm-up
+        self._steps = 0
+        self._streaks = Streaks(_STRAGGLER.confirmations)
         self._t0 = time.perf_counter()
         self._hook: Any = None
         self._sink: Any = None  # the guard's busy_times, which its heartbeat reports
@@ -77,6 +86,9 @@ class ReplicaCheck(Check):
 
             self._local.append(torch.stack(self._sq).sum().sqrt())
             self._sq = []
+        self._steps += 1
+        if self._steps <= _WARMUP_STEPS:
+            self._busy.clear()
         if ctx.world_size > 1 and ctx.current_step % ctx.every == 0:
             self._compare(ctx)
         self._t0 = time.perf_counter()
@@ -109,16 +121,24 @@ class ReplicaCheck(Check):
             hashlib.blake2b(bytes(torch.get_rng_state().tolist()), digest_size=7).digest(),
             "little",
         )
-        busy = statistics.median(self._busy) if len(self._busy) >= 4 else -1.0
+        busy = Window.of(self._busy) if len(self._busy) >= _MIN_WINDOW else None
+        if busy is not None:
+            self._busy.clear()
+        busy_us = (
+            [int(v * 1e6) for v in (busy.median, busy.level, busy.sigma)] if busy else [-1] * 3
+        )
         local = torch.stack(list(self._local)).median() if self._local else torch.tensor(-1.0)
         mine = torch.stack([weights, state, torch.tensor(rng, device=device),
-                            torch.tensor(int(busy * 1e6), device=device),
-                            (local.to(device).double() * 1e9).round().to(torch.int64)])  # fmt: skip
+                            torch.tensor(busy_us[0], device=device),
+                            (local.to(device).double() * 1e9).round().to(torch.int64),
+                            torch.tensor(busy_us[1], device=device),
+                            torch.tensor(busy_us[2], device=device)])  # fmt: skip
         gathered = [torch.empty_like(mine) for _ in range(ctx.world_size)]
         dist.all_gather(gathered, mine)
         rows = [g.tolist() for g in gathered]
         self._divergence(ctx, rows, digests, device)
-        self._stragglers(ctx, [r[3] / 1e6 for r in rows])
+        windows = [Window(r[3] / 1e6, r[5] / 1e6, r[6] / 1e6, _MIN_WINDOW) for r in rows]
+        self._stragglers(ctx, windows)  # (a count of at least _MIN_WINDOW: not gathered)
         self._grad_outliers(ctx, [r[4] / 1e9 for r in rows])
         if len({r[2] for r in rows}) > 1:
             ctx.event("replicas.rng_differs", {"rng_digests": [r[2] for r in rows]})
@@ -167,20 +187,30 @@ class ReplicaCheck(Check):
             },
         )
 
-    def _stragglers(self, ctx: GuardContext, busy: list[float]) -> None:
-        if ctx.rank != 0 or any(b < 0 for b in busy) or len(busy) < 2:
-            return
-        for rank, mine in enumerate(busy):
-            others = statistics.median(b for r, b in enumerate(busy) if r != rank)
-            if mine > _STRAGGLER_RATIO * others and mine - others > _STRAGGLER_MIN_S:
-                ctx.emit(
-                    Rule.PROCESS_STRAGGLER,
-                    Severity.MEDIUM,
-                    f"rank {rank} spends {mine * 1e3:.0f} ms per step before the backward "
-                    f"pass, the other ranks {others * 1e3:.0f} ms",
-                    where=f"straggler:rank:{rank}",
-                    evidence={"rank": rank, "busy_s": busy},
-                )
+    def _stragglers(self, ctx: GuardContext, busy: list[Window]) -> None:
+        if ctx.rank != 0 or len(busy) < 2 or any(w.median < 0 or w.sigma < 0 for w in busy):
+            return  # a rank still in its warm-up, or short of samples: no window this time
+        windows = dict(enumerate(busy))
+        slow = slow_ranks(windows, _STRAGGLER)
+        for rank in self._streaks.update(slow, windows):
+            hit = slow[rank]
+            ctx.emit(
+                Rule.PROCESS_STRAGGLER,
+                Severity.MEDIUM,
+                f"rank {rank}'s faster steps spend {hit.level_s * 1e3:.0f} ms before the "
+                f"backward pass (median {hit.median_s * 1e3:.0f} ms), the other ranks' "
+                f"{hit.others_s * 1e3:.0f} ms (spread {hit.spread_s * 1e3:.0f} ms), on "
+                f"{_STRAGGLER.confirmations} successive windows",
+                where=f"straggler:rank:{rank}",
+                evidence={
+                    "rank": rank,
+                    "busy_s": [w.median for w in busy],
+                    "busy_level_s": [w.level for w in busy],
+                    "spread_s": [w.sigma for w in busy],
+                    "threshold_s": round(hit.threshold_s, 6),
+                    "windows": _STRAGGLER.confirmations,
+                },
+            )
 
     def _grad_outliers(self, ctx: GuardContext, norms: list[float]) -> None:
         if ctx.rank != 0 or any(n <= 0 for n in norms) or len(norms) < 2:
