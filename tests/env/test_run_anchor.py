@@ -24,7 +24,8 @@ def launch(env: Env, tmp_path: Path, name: str) -> tuple[subprocess.CompletedPro
     and its ledger. The state folder comes from $TRAINGUARD_STATE_DIR (fixture ``state``)."""
     ledger = tmp_path / f"ledger-{name}"
     marker = tmp_path / f"ran-{name}"
-    job = [env.python, "-c", f"open({str(marker)!r}, 'w')"]
+    seal_env = "__import__('os').environ.get('TRAINGUARD_ENV_SEAL')"
+    job = [env.python, "-c", f"open({str(marker)!r}, 'w').write(repr({seal_env}))"]
     argv = [sys.executable, "-m", "trainguard.launch", "--ledger", str(ledger)]
     argv += ["--stop-on", "high", "--env-ignore", "PYTHONPATH", "--guard-timeout", "60"]
     environ = {k: v for k, v in os.environ.items() if k != "TRAINGUARD_LEDGER"}
@@ -55,6 +56,8 @@ def test_record_rewrite_is_caught_by_the_second_run(env, state, tmp_path, clean_
     assert checked["pyc_cached"] > 1000 and checked["pyc"] < 50, checked
     seal = first_use_path(env.python, state)
     assert event.evidence["seal"] == str(seal) and seal.exists()
+    # the job's guard gets that seal for its run-time "trusted origin"
+    assert (tmp_path / "ran-first").read_text() == repr(str(seal))
 
     target = rewrite_with_record(env, "tinypkg/optim.py", EVIL)
     blind = verify(python=env.python, environment=clean_environ)

@@ -24,6 +24,7 @@ from typing import Any, TextIO
 
 from trainguard.errors import ConfigError
 from trainguard.findings import Rule, Severity
+from trainguard.guard.checks.code.origin import SEAL_ENV
 from trainguard.launch import procs
 from trainguard.launch.bootstrap import LEDGER_KEY_ENV, Bootstrap, make_bootstrap
 from trainguard.launch.control import JobControl
@@ -164,6 +165,11 @@ class Supervisor:
         env = boot.child_env(
             os.environ, ledger=self.ledger_path, ledger_key=None, protect=opts.protect
         )
+        # the seal the environment was just verified against: the guard's code check takes
+        # "library code" to mean a file in it whose bytes still match (checks/code/origin.py)
+        env.pop(SEAL_ENV, None)
+        if env_check is not None and env_check.ok and env_check.seal is not None:
+            env[SEAL_ENV] = str(env_check.seal)
         self.signer.tick(urgent=True)  # pre-flight results pinned before the job runs
         oom = OomCounter()
         before = {p.pid for p in procs.children_of(os.getpid())}

@@ -13,6 +13,7 @@ functions) say so here, so that the code check does not report its own colleague
 
 from __future__ import annotations
 
+import _imp
 import functools
 import hashlib
 import importlib.util
@@ -39,7 +40,6 @@ __all__ = [
     "reachable_functions",
     "register_own_wrapper",
     "torch_dir",
-    "trusted_origin",
     "unregister_own_wrapper",
 ]
 
@@ -175,7 +175,8 @@ class SourceIndex:
     def verify(self, code: types.CodeType) -> str:
         """``"ok"``, ``"mismatch"`` (the file defines it differently), ``"missing"`` (no
         such function at that line of that file) or ``"unverifiable"`` (no source file:
-        code made by ``exec``, a frozen module, a deleted file)."""
+        code made by ``exec``, a deleted file). A frozen standard-library module
+        (``<frozen os>``) is compared with the interpreter's own frozen code object."""
         filename = code.co_filename
         stat = self._stat(filename)
         if stat is None:
@@ -212,7 +213,9 @@ class SourceIndex:
     def _stat(self, filename: str) -> tuple[int, int] | None:
         if filename not in self._stats:
             stat = None
-            if filename.endswith(".py"):
+            if _frozen_name(filename) is not None:
+                stat = (-1, -1)
+            elif filename.endswith(".py"):
                 try:
                     st = os.stat(filename)
                 except OSError:
@@ -226,6 +229,12 @@ class SourceIndex:
         if filename in self._files:
             return self._files[filename]
         table: dict[tuple[str, int], types.CodeType] | None = None
+        frozen = _frozen_name(filename)
+        if frozen is not None:
+            module = _imp.get_frozen_object(frozen)
+            table = {(c.co_qualname, c.co_firstlineno): c for c in iter_code(module)}
+            self._files[filename] = table
+            return table
         try:
             with open(filename, "rb") as fh:
                 source = importlib.util.decode_source(fh.read())
@@ -237,6 +246,15 @@ class SourceIndex:
             table = {(c.co_qualname, c.co_firstlineno): c for c in iter_code(module)}
         self._files[filename] = table
         return table
+
+
+def _frozen_name(filename: str) -> str | None:
+    """``os`` for ``<frozen os>`` when the interpreter holds that module frozen: its code
+    object is then the reference, as a source file is for the others."""
+    if not (filename.startswith("<frozen ") and filename.endswith(">")):
+        return None
+    name = filename[8:-1]
+    return name if _imp.is_frozen(name) else None
 
 
 def torch_dir() -> str:
@@ -277,20 +295,3 @@ def code_file(value: Any) -> str | None:
         if fns:
             return fns[0].__code__.co_filename
     return None
-
-
-def trusted_origin(fn: types.FunctionType) -> bool:
-    """Code a torch name may honestly run: torch's, the standard library's (``typing``,
-    ``functools``), ``typing_extensions`` (``@deprecated``), trainguard's own wrappers, and
-    the methods that ``dataclasses`` and ``namedtuple`` generate with ``exec``."""
-    code = fn.__code__
-    file = code.co_filename
-    stdlib = sysconfig.get_paths().get("stdlib", "\0").rstrip(os.sep) + os.sep
-    if file.startswith((torch_dir(), stdlib, own_dir())):
-        return True
-    if os.path.basename(file) == "typing_extensions.py":
-        return True
-    if file == "<string>":
-        generated = code.co_qualname.startswith("__create_fn__.<locals>.")
-        return generated or (code.co_name == "<lambda>" and fn.__name__ == "__new__")
-    return False
