@@ -61,4 +61,52 @@ def test_honest_noisy_run_with_warmup_and_clipping_is_quiet() -> None:
         opt.zero_grad()
         sched.step()
         guard.step(loss=loss)
+    guard.close()
     assert guard.alerts == []
+
+
+def test_the_norm_before_clipping_is_recorded_and_judged(tmp_path: Path) -> None:
+    """With clipping on, the norm the optimizer sees is flat at the threshold; the series
+    and the spike test use the norm ``clip_grad_norm_`` measured before scaling."""
+    net = guardkit.model()
+    opt = torch.optim.SGD(net.parameters(), lr=1e-3)
+    before = torch.nn.utils.clip_grad_norm_
+    guard = Guard(net, opt, checks=[AnomalyCheck()], ledger=tmp_path / "l", every=5)
+    gen = torch.Generator().manual_seed(0)
+    returned = []
+    for step in range(1, 41):
+        x = torch.randn(8, 16, generator=gen) * (100 if step == 30 else 1)
+        loss = net(x).pow(2).mean()
+        loss.backward()
+        returned.append(float(torch.nn.utils.clip_grad_norm_(net.parameters(), 0.01)))
+        opt.step()
+        opt.zero_grad()
+        guard.step(loss=loss)
+    guard.close()
+    assert ("gradient norm", 30) in {(a.finding.evidence["metric"], a.step) for a in guard.alerts}
+    metrics = [r for r in read_records(tmp_path / "l") if r.message == "guard.metrics"]
+    norms = [n for r in metrics for n in r.evidence["grad_norm"]]
+    clips = {c for r in metrics for c in r.evidence["clip"]}
+    assert norms == [round(v, 7) for v in returned] and clips == {0.01}
+    assert torch.nn.utils.clip_grad_norm_ is before  # restored at close
+
+
+def test_a_clip_bound_before_the_guard_falls_back_to_the_applied_norm() -> None:
+    from torch.nn.utils import clip_grad_norm_ as bound_early
+
+    net = guardkit.model()
+    opt = torch.optim.SGD(net.parameters(), lr=1e-3)
+    check = AnomalyCheck()
+    guard = Guard(net, opt, checks=[check], ledger=False)
+    seen = []
+    guard.event = lambda message, evidence: seen.append((message, evidence))  # type: ignore[method-assign]
+    for _ in range(3):
+        net(torch.randn(8, 16)).pow(2).mean().backward()
+        bound_early(net.parameters(), 0.01)
+        opt.step()
+        opt.zero_grad()
+        guard.step()
+    guard.close()
+    series = [e for m, e in seen if m == "guard.metrics"][0]
+    assert series["clip"] == [None, None, None]
+    assert all(abs(n - 0.01) < 1e-4 for n in series["grad_norm"])  # what the optimizer got

@@ -454,3 +454,31 @@ def test_run_report_human(ledger: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert run_report(ledger, None, "human") == 0
     captured = capsys.readouterr()
     assert "runtime.weight_tamper" in captured.out and captured.err == ""
+
+
+def test_gradient_chart_shows_the_clip_threshold(tmp_path: Path) -> None:
+    """The guard records the norm before clipping and the threshold beside it: the chart
+    draws both, the threshold dashed, so a spike the clip absorbed is still seen."""
+    path = tmp_path / "ledger"
+    with Ledger(path) as led:
+        for r in range(2):
+            led.append_event(
+                "guard.metrics",
+                step=4,
+                rank=r,
+                evidence={
+                    "event": "guard.metrics",
+                    "steps": [1, 2, 3, 4],
+                    "loss": [1.0, 0.9, 0.8, 0.7],
+                    "grad_norm": [3.0, 2.5, 40.0 + r, 2.0],
+                    "clip": [1.0, 1.0, 1.0, 1.0],
+                    "step_time": [0.1] * 4,
+                },
+            )
+    model = build(path)
+    assert model.curves[0].clip == (1.0, 1.0, 1.0, 1.0)
+    assert model.curves[1].grad_norm[2] == 41.0
+    tags = _page(render_html(model)).tags
+    dashed = [a for t, a in tags if t == "polyline" and a.get("stroke-dasharray")]
+    assert len(dashed) == 2  # one threshold line per rank, on the gradient chart only
+    assert len([a for t, a in tags if t == "polyline"]) == 8

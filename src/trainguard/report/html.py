@@ -94,7 +94,7 @@ def _view(model: ReportModel) -> dict[str, Any]:
             c
             for c in (
                 _chart(model, "loss", "Loss"),
-                _chart(model, "grad_norm", "Gradient norm"),
+                _chart(model, "grad_norm", "Gradient norm before clipping (dashed: clip)"),
                 _chart(model, "step_time", "Step time (s)"),
             )
             if c is not None
@@ -214,6 +214,9 @@ def _chart(model: ReportModel, metric: str, title: str) -> dict[str, Any] | None
     series = [s for s in series if s[2]]
     if not series:
         return None
+    clips = [(i, c, _series(c, "clip")) for i, c in enumerate(model.curves)]
+    clips = [s for s in clips if s[2]] if metric == "grad_norm" else []
+    series = series + clips
     xs = [p[0] for _, _, pts in series for p in pts]
     ys = [p[1] for _, _, pts in series for p in pts]
     ymin, ymax = min(ys), max(ys)
@@ -223,9 +226,11 @@ def _chart(model: ReportModel, metric: str, title: str) -> dict[str, Any] | None
     lines = []
     for i, curve, pts in series:
         kept = downsample(pts)
+        threshold = any(pts is s[2] for s in clips)
         lines.append(
             {
-                "label": _rank_label(curve.rank),
+                "label": _rank_label(curve.rank) + (" clip threshold" if threshold else ""),
+                "dashed": threshold,
                 "color": _color(i),
                 "points": " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in kept),
                 "count": len(pts),

@@ -89,7 +89,10 @@ class Curve:
     steps: tuple[int, ...]
     loss: tuple[float | None, ...]
     grad_norm: tuple[float | None, ...]
+    """Before clipping, as ``clip_grad_norm_`` measured it (else the applied norm)."""
     step_time: tuple[float | None, ...]
+    clip: tuple[float | None, ...] = ()
+    """The clip threshold at each step (``None``: no clip seen)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -405,7 +408,7 @@ class _Gather:
         replays steps) keeps its latest values."""
         ev = r.evidence
         steps = _list(ev.get("steps"))
-        series = [_list(ev.get(k)) for k in ("loss", "grad_norm", "step_time")]
+        series = [_list(ev.get(k)) for k in ("loss", "grad_norm", "step_time", "clip")]
         points = self._metrics.setdefault(r.rank, {})
         for i, step in enumerate(steps):
             s = _int(step)
@@ -418,8 +421,8 @@ class _Gather:
             if not points:
                 continue
             steps = tuple(s for s, _ in points)
-            loss, grad, dt = (tuple(v[k] for _, v in points) for k in range(3))
-            yield Curve(rank, steps, loss, grad, dt)
+            loss, grad, dt, clip = (tuple(v[k] for _, v in points) for k in range(4))
+            yield Curve(rank, steps, loss, grad, dt, clip)
 
 
 def _replace_stopped(g: GuardRow, ev: Mapping[str, Any]) -> GuardRow:

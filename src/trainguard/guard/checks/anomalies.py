@@ -10,7 +10,10 @@ norms are what training does, and warm-up schedules, clipping and AMP skipped st
 not raise a value above its own history by a factor.
 
 The same series (loss, gradient norm, step time) are written to the ledger as
-``guard.metrics`` events every ``every`` steps for the report's curves.
+``guard.metrics`` events every ``every`` steps for the report's curves. The gradient norm
+is the one *before* clipping, as ``clip_grad_norm_`` measured it (``clipwatch``), with the
+clip threshold beside it (``clip``); where no clip was seen it is the norm of the
+gradients the optimizer is about to apply.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 
 from trainguard.findings import Rule, Severity
 from trainguard.guard.checks.base import Check, GuardContext, StepInfo
+from trainguard.guard.checks.clipwatch import ClipWatch
 
 __all__ = ["AnomalyCheck", "Outliers"]
 
@@ -61,14 +65,25 @@ class AnomalyCheck(Check):
         self._loss = Outliers(**outlier_options)
         self._grad = Outliers(**outlier_options)
         self._pending_norm: Any = None
+        self._clip: float | None = None
+        self._clips = ClipWatch()
         self._series: dict[str, list[Any]] = {"steps": [], "loss": [], "grad_norm": [],
-                                              "step_time": []}  # fmt: skip
+                                              "clip": [], "step_time": []}  # fmt: skip
+
+    def attach(self, ctx: GuardContext) -> None:
+        if self.grad_norm:
+            self._clips.install()
 
     def before_step(self, ctx: GuardContext) -> None:
         if not self.grad_norm:
             return
         import torch
 
+        clipped = self._clips.take()
+        if clipped is not None:  # the norm before clipping, as clip_grad_norm_ measured it
+            self._pending_norm, self._clip = clipped
+            return
+        self._clip = None
         grads = [p.grad for _, p in ctx.named_parameters if p.grad is not None]
         if not grads:
             return
@@ -80,8 +95,8 @@ class AnomalyCheck(Check):
             return
         norm = None
         if self._pending_norm is not None:
-            norm = float(self._pending_norm.item())
-            self._pending_norm = None
+            pending, self._pending_norm = self._pending_norm, None
+            norm = float(pending.item() if hasattr(pending, "item") else pending)
         step = ctx.current_step
         for label, value, series in (("loss", info.loss, self._loss),
                                      ("gradient norm", norm, self._grad)):  # fmt: skip
@@ -110,12 +125,15 @@ class AnomalyCheck(Check):
         s["steps"].append(step)
         s["loss"].append(_json_float(info.loss))
         s["grad_norm"].append(_json_float(norm))
+        s["clip"].append(_json_float(self._clip))
         s["step_time"].append(_json_float(info.step_time))
         if step % ctx.every == 0:
             self._flush(ctx)
 
     def close(self, ctx: GuardContext) -> None:
         self._flush(ctx)
+        for name in self._clips.close():
+            ctx.event("anomalies.restore_skipped", {"name": name})
 
     def _flush(self, ctx: GuardContext) -> None:
         if self._series["steps"]:
