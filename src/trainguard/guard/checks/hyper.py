@@ -36,6 +36,11 @@ What the check trusts, named:
   subclassed one, one without ``last_epoch``, an epoch that jumps backwards): every change
   made in a step in which it stepped is accepted. That is *observed, not predicted*, and
   said once per reason with a ``hyper.observed`` event, never an alert.
+
+The schedulers' own fields are not taken on trust between their steps: a field the formula
+reads (``base_lrs``, ``lr_lambdas``, ``last_epoch``, ``T_max``...) or a group's
+``initial_lr`` changed outside ``step()`` is tampering (``schedules``' sibling
+``sched_state`` says what it pins and what it still trusts).
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from typing import Any
 
 from trainguard.findings import Rule, Severity
 from trainguard.guard.checks.base import Check, GuardContext
+from trainguard.guard.checks.sched_state import SchedulerState
 from trainguard.guard.checks.schedules import Chain, close, cycled, expected_lrs, flatten, untold
 from trainguard.guard.wrapped import unwrap_optimizer
 
@@ -69,6 +75,7 @@ class HyperCheck(Check):
         self._chain: Chain | None = None
         self._fn: Callable[[int], Any] | None = None
         self._said: set[str] = set()
+        self._state = SchedulerState()
 
     def attach(self, ctx: GuardContext) -> None:
         sched = ctx.scheduler
@@ -76,10 +83,19 @@ class HyperCheck(Check):
             self._fn = sched
         else:
             self._follow(ctx, sched)
-        self.rebaseline(ctx)
+        self._baseline(ctx)
         self._epoch = None  # check what the scheduler set at construction at step 1
+        watched = self._chain.schedulers if self._chain is not None else [self._scheduler]
+        self._state.attach(ctx, [s for s in watched if s is not None])
 
     def rebaseline(self, ctx: GuardContext) -> None:
+        self._baseline(ctx)
+        self._state.rebaseline(ctx)
+
+    def close(self, ctx: GuardContext) -> None:
+        self._state.close(ctx)
+
+    def _baseline(self, ctx: GuardContext) -> None:
         groups = ctx.optimizer.param_groups
         self._recorded = [_values(g) for g in groups]
         self._params = [tuple(id(p) for p in g["params"]) for g in groups]
@@ -90,6 +106,7 @@ class HyperCheck(Check):
     def before_step(self, ctx: GuardContext) -> None:
         if ctx.is_authorized:
             return
+        self._state.verify(ctx)
         groups = ctx.optimizer.param_groups
         ids = [tuple(id(p) for p in g["params"]) for g in groups]
         if ids != self._params:
@@ -102,14 +119,15 @@ class HyperCheck(Check):
                     where="optimizer.param_groups",
                     evidence={"groups_before": len(self._params), "groups_now": len(groups)},
                 )
-                self.rebaseline(ctx)
+                self._baseline(ctx)
                 return
             # add_param_group: honest and common (the guard records guard.params_changed);
             # a new group's values are its baseline, the old groups are checked as usual
             self._recorded.extend(_values(g) for g in groups[len(self._params) :])
             self._params = ids
         scheduled: set[str] = set()
-        if self._scheduler is not None and self._scheduler.last_epoch != self._epoch:
+        stepped = id(self._scheduler) in self._state.take_stepped()
+        if self._scheduler is not None and (stepped or self._scheduler.last_epoch != self._epoch):
             self._epoch = self._scheduler.last_epoch
             scheduled = self._check_schedule(ctx, groups)
         if self._chain is not None:

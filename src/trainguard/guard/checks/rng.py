@@ -14,11 +14,15 @@ does not bypass both:
   have no ``initial_seed`` to compare at all.
 
 Not alarms: seeding before the guard starts, calls inside ``guard.authorized()`` (recorded
-as events), reseeds inside ``torch.random.fork_rng`` (the check wraps ``fork_rng`` to know)
+as events), reseeds made by the job's own entry script (``torch.manual_seed(seed + epoch)``
+at each epoch; the calling frame must be code of ``__main__``'s file, see ``rng_state``:
+an event, unless the seed repeats and replays a state, which ``rng_state``'s cycle rule
+reports), reseeds inside ``torch.random.fork_rng`` (the check wraps ``fork_rng`` to know)
 or undone by putting a state back (``torch.set_rng_state`` and the CUDA ones are wrapped to
 notice; that is how ``fork_rng`` exits, including a ``fork_rng`` bound before the guard
 started, and how Lightning's ``isolate_rng`` works), and DataLoader workers seeding
-themselves (another process: the wrappers pass straight through there). Wrappers register
+themselves (another process: the wrappers pass straight through there). The generators' states
+are watched for cycles (a state put back) by ``rng_state``. Wrappers register
 with the code check's registry and are removed on ``close``, restoring the exact originals.
 """
 
@@ -37,6 +41,7 @@ from typing import Any
 from trainguard.findings import Rule, Severity
 from trainguard.guard.checks._codehash import register_own_wrapper, unregister_own_wrapper
 from trainguard.guard.checks.base import Check, GuardContext
+from trainguard.guard.checks.rng_state import RngState, caller, main_script_frame
 
 __all__ = ["RngCheck"]
 
@@ -96,6 +101,8 @@ class RngCheck(Check):
         self._cuda: dict[int, int] = {}
         self._events_left = _MAX_EVENTS
         self._unrecorded = 0
+        self._states = RngState()  # state continuity: rng_state
+        self._own: dict[str, Any] = {}  # kind -> value of the entry script's last reseed
 
     # -- hooks -------------------------------------------------------------------------
 
@@ -129,12 +136,14 @@ class RngCheck(Check):
                 "wrapped": [f"{getattr(m, '__name__', m)}.{n}" for m, n, _, _ in self._installed],
             },
         )
+        self._states.attach(ctx)
 
     def before_step(self, ctx: GuardContext) -> None:
         import torch
 
         with self._lock:
             pending, self._pending = self._pending, []
+            own, self._own = self._own, {}
         seed, cuda = int(torch.initial_seed()), _cuda_seeds()
         old, old_cuda = self._seed, dict(self._cuda)
         undone = {
@@ -161,6 +170,8 @@ class RngCheck(Check):
                     "stack": call.stack,
                 },
             )
+        if "torch" in own and _as_seed(own["torch"]) == seed:
+            alarmed |= {"torch", "cuda"}  # the entry script's own reseed (rng_state)
         quiet = ctx.is_authorized
         if seed != old and "torch" not in alarmed and not quiet:
             ctx.emit(
@@ -185,6 +196,7 @@ class RngCheck(Check):
                 evidence={"old": before, "new": now, "stack": ""},
             )
         self._cuda.update(cuda)
+        self._states.observe(ctx, ctx.current_step)
 
     def rebaseline(self, ctx: GuardContext) -> None:
         import torch
@@ -197,8 +209,10 @@ class RngCheck(Check):
             )
         self._seed = seed
         self._cuda.update(cuda)
+        self._states.rebaseline(ctx)
 
     def close(self, ctx: GuardContext) -> None:
+        self._states.close(ctx)
         if self._unrecorded:
             ctx.event("rng.reseed_unrecorded", {"calls": self._unrecorded})
         for module, name, original, wrapper in reversed(self._installed):
@@ -300,11 +314,15 @@ class RngCheck(Check):
         stack = _caller_stack()
         forked = local.forked > 0
         authorized = ctx.is_authorized
+        own = main_script_frame(caller(__file__))
         with self._lock:
             record = self._events_left > 0
             self._events_left -= int(record)
             self._unrecorded += int(not record)
-            if not authorized and not forked:
+            if own and not authorized and not forked:
+                self._own[kind] = value
+                self._states.main_reseed(ctx.current_step, kind, value)
+            elif not authorized and not forked:
                 call = _Reseed(where, kind, value, stack, ctx.current_step)
                 if len(self._pending) < _MAX_PENDING:
                     self._pending.append(call)
@@ -318,6 +336,7 @@ class RngCheck(Check):
                     "value": value,
                     "authorized": authorized,
                     "inside_fork_rng": forked,
+                    "from_main_script": own,
                     "stack": stack,
                 },
             )
@@ -354,6 +373,10 @@ class _Forked(contextlib.ContextDecorator):
         finally:
             if self._local is not None:
                 self._local.forked -= 1
+
+
+def _as_seed(value: Any) -> int | None:
+    return value % _UINT64 if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _cuda_seeds() -> dict[int, int]:
