@@ -152,8 +152,8 @@ def test_the_full_comparison_is_keyed_and_one_in_every_on_average() -> None:
 
 
 def test_code_swapped_in_place_for_one_step_is_caught_on_a_keyed_step() -> None:
-    """``__code__`` changes are not in the per-step watch: the keyed full comparison
-    finds one that lasts a single step when that step is due."""
+    """A ``__code__`` swap lasting a single step is caught at that step (the assignment
+    is audited; see ``test_code_swap``), and the keyed full comparison agrees."""
     key = b"s" * 32
     step = next(s for s in range(2, 400) if due(key, s, 16))
     net = guardkit.model()

@@ -371,3 +371,85 @@ def test_wandb_offline_and_the_entry_script_start_programs_without_alerts(tmp_pa
     got = __import__("json").loads(out.stdout.strip().splitlines()[-1])
     (site,) = got["alerts"]  # only the exec'd copy under the script's name
     assert site.startswith(f"{script}:")
+
+
+# -- native signal senders through ctypes -----------------------------------------------
+
+
+def test_a_ctypes_lookup_of_a_signal_sender_is_an_alert_with_the_stack():
+    """The attack on "signals go through os.kill's audit event": ``syscall`` and
+    ``kill`` looked up through ctypes (the first step of a self-sent forged signal) are
+    alerts with the stack; a lookup of anything else is not reported."""
+    import ctypes
+
+    libc = ctypes.CDLL(None)  # loaded before the guard: its dlopen is not this test's point
+    model, opt = _tiny()
+    guard = Guard(model, opt, checks=[ProcessCheck(signals=False)], ledger=False)
+    try:
+        _step(model, opt, guard)
+        assert libc.getpid() == os.getpid()  # an honest lookup and call: nothing
+        libc.syscall  # noqa: B018 - the lookup alone is the alert
+        assert libc.kill(os.getpid(), 0) == 0  # signal 0: a probe, harmless
+        _step(model, opt, guard)
+    finally:
+        guard.close()
+    calls = _calls(guard)
+    assert sorted(a.finding.evidence["symbol"] for a in calls) == ["kill", "syscall"]
+    for alert in calls:
+        ev = alert.finding.evidence
+        assert alert.severity == Severity.HIGH and alert.step == 2
+        assert ev["event"] == "ctypes.dlsym" and ev["verified"] is False
+        assert ev["site"].startswith(__file__) and "test_process.py" in ev["stack"]
+
+
+def test_a_call_of_a_signal_senders_address_through_call_function_is_an_alert():
+    """``_ctypes.call_function`` with the address of ``kill`` (found without a lookup by
+    name of this test's own) is judged by the address."""
+    import _ctypes
+    import ctypes
+
+    address = ctypes.cast(ctypes.CDLL(None).kill, ctypes.c_void_p).value
+    model, opt = _tiny()
+    guard = Guard(model, opt, checks=[ProcessCheck(signals=False)], ledger=False)
+    try:
+        assert _ctypes.call_function(address, (os.getpid(), 0)) == 0  # signal 0: a probe
+    finally:
+        guard.close()
+    (alert,) = _calls(guard)
+    assert alert.finding.evidence["event"] == "ctypes.call_function"
+    assert alert.finding.evidence["symbol"] == "kill"
+
+
+def test_a_verified_library_looking_up_syscall_is_an_event_not_an_alert():
+    """filelock looks up ``syscall`` for ``renameat2``: installed library code that is
+    what its file compiles to is recorded as ``process.native_symbol``, never an alert;
+    the same lookup from a copy of that code compiled elsewhere is an alert."""
+    import ctypes
+
+    import guardkit
+
+    exchange = pytest.importorskip("filelock._filesystem._exchange")
+    renameat2 = getattr(exchange, "_renameat2", None)
+    if renameat2 is None:
+        pytest.skip("this filelock has no ctypes renameat2")
+    libc, other = ctypes.CDLL(None), ctypes.CDLL(None)
+    import inspect
+    import platform
+    import typing
+    from collections.abc import Callable
+
+    source = "from __future__ import annotations\n" + inspect.getsource(renameat2)
+    scope: dict = {"__name__": "not_filelock", "platform": platform, "Final": typing.Final}
+    scope["Callable"] = Callable
+    exec(compile(source, "/tmp/not_filelock.py", "exec"), scope)  # same code, no file
+    model, opt = _tiny()
+    guard = guardkit.SpyGuard(model, opt, checks=[ProcessCheck(signals=False)], ledger=False)
+    try:
+        assert renameat2(libc) is not None
+        assert scope["_renameat2"](other) is not None
+    finally:
+        guard.close()
+    (event,) = guard.events("process.native_symbol")
+    assert event["symbol"] == "syscall" and "filelock" in event["site"]
+    (alert,) = _calls(guard)
+    assert alert.finding.evidence["site"].startswith("/tmp/not_filelock.py")

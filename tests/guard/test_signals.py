@@ -8,6 +8,7 @@ a different process, still alive when the watcher reads its command line.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -20,9 +21,10 @@ from pathlib import Path
 import pytest
 
 from trainguard.findings import Rule, Severity
-from trainguard.guard import signals
+from trainguard.guard import signals, signals_sender
 from trainguard.guard.checks.process import ProcessCheck
 from trainguard.guard.core import Guard
+from trainguard.guard.signals_sender import signal_alert
 from trainguard.ledger import read_records
 
 torch = pytest.importorskip("torch")
@@ -355,8 +357,12 @@ def test_a_users_handler_runs_and_the_signal_is_recorded(usr1_handler):
     (alert,) = [a for a in guard.alerts if a.rule == Rule.PROCESS_SIGNAL]
     assert alert.severity == Severity.HIGH
     assert alert.finding.evidence["signal"] == "SIGUSR1"
-    # this test process has thread pools older than the guard: the sender may be unknown
-    assert alert.finding.evidence["sender"] in ("known", "sender unknown")
+    # this test process has thread pools older than the guard: the sender may be unknown;
+    # and it loaded ctypes before any watch: a kernel-filled sender is only a claim here
+    ev = alert.finding.evidence
+    assert ev["sender"] in ("known", "sender unknown", signals_sender.UNVERIFIED)
+    if ev["sender"] == signals_sender.UNVERIFIED:
+        assert ev["claimed_pid"] not in (None, os.getpid()) and "ctypes" in ev["doubt"]
 
 
 def test_without_sigwaitinfo_handlers_record_without_the_sender(monkeypatch, usr1_handler):
@@ -486,7 +492,7 @@ def test_an_early_watcher_is_picked_up_and_hands_over_what_it_kept(usr1_handler)
 
 # -- a sender that writes its own siginfo --------------------------------------------------
 
-_RT_SIGQUEUEINFO = {"x86_64": 129, "aarch64": 240}
+_RT_SIGQUEUEINFO = {"x86_64": 129, "aarch64": 138}
 
 
 def _sigqueue_forged(pid: int, sig: int, *, claimed_pid: int, claimed_uid: int) -> None:
@@ -541,4 +547,103 @@ def test_a_forged_sigint_from_pid_0_is_not_taken_for_a_terminal():
     assert alert.severity is Severity.HIGH and alert.where == "signal:SIGINT:from:unverified"
     for code in (0, -6, 0x80):  # kill, tgkill, the kernel: filled in by the kernel
         Info.si_code = code
-        assert from_siginfo(Info()).verified
+        assert from_siginfo(Info(), doubt=None).verified
+
+
+def test_with_a_doubt_only_a_sender_naming_this_process_is_believed():
+    """The attack on the trust in kernel-filled codes: this process sends itself SI_USER
+    claiming pid 1. With a doubt (it looked up ``syscall``), pid 1 is a claim; a sender
+    naming this process is this process either way; a kernel code is a claim too."""
+    from trainguard.guard.signals_sender import SI_KERNEL, SI_TKILL, SI_USER, from_siginfo
+
+    class Info:
+        si_signo, si_code, si_pid, si_uid = int(signal.SIGTERM), SI_USER, 1, 0
+
+    why = "ctypes.dlsym of syscall by evil at evil.py:1"
+    forged = from_siginfo(Info(), doubt=why)
+    alert = signal_alert(forged)
+    assert not forged.verified and forged.pid is None and forged.claimed_pid == 1
+    assert forged.doubt == why and alert.evidence["doubt"] == why
+    assert alert.severity is Severity.HIGH and "not verified" in alert.message
+    assert "pid 1" not in alert.message
+    for code in (SI_USER, SI_TKILL):
+        Info.si_code, Info.si_pid = code, os.getpid()
+        own = from_siginfo(Info(), doubt=why)
+        assert own.verified and own.pid == os.getpid() and own.doubt is None
+    Info.si_code, Info.si_pid, Info.si_signo = SI_KERNEL, 0, int(signal.SIGINT)
+    kernel = from_siginfo(Info(), doubt=why)
+    assert not kernel.verified and not kernel.from_self_or_terminal
+    assert signal_alert(kernel).severity is Severity.HIGH  # not a terminal's MEDIUM
+
+
+FORGER = textwrap.dedent(
+    """
+    import json, os, signal, struct, sys, time
+    from trainguard.guard.signals import watch_early  # first thing: ctypes not loaded yet
+    from trainguard.guard.signals_sender import signal_alert
+    got = []
+    signal.signal(signal.SIGUSR1, lambda s, f: None)
+    signal.signal(signal.SIGUSR2, lambda s, f: None)
+    watcher = watch_early()
+    watcher.bind(lambda received: got.append(signal_alert(received).evidence))
+
+    def wait_for(n):
+        end = time.monotonic() + 20
+        while len(got) < n and time.monotonic() < end:
+            time.sleep(0.01)
+
+    print(watcher.mode, flush=True)
+    sys.stdin.readline()  # the parent has sent a genuine SIGUSR2
+    wait_for(1)
+    import ctypes  # the attack: SI_USER "from pid 1" sent to ourselves
+    info = ctypes.create_string_buffer(128)
+    struct.pack_into("iii", info, 0, signal.SIGUSR1, 0, 0)  # si_code 0: SI_USER
+    struct.pack_into("ii", info, 16, 1, 0)  # si_pid 1, si_uid 0
+    number = int(sys.argv[1])
+    assert ctypes.pythonapi.syscall(number, os.getpid(), signal.SIGUSR1, info) == 0
+    wait_for(2)
+    print("forged", flush=True)
+    sys.stdin.readline()  # a genuine SIGUSR2 again, after the lookup
+    wait_for(3)
+    print(json.dumps(got), flush=True)
+    """
+)
+
+
+@pytest.mark.skipif(
+    os.uname().machine not in _RT_SIGQUEUEINFO, reason="rt_sigqueueinfo number unknown here"
+)
+def test_a_self_sent_si_user_forgery_is_not_believed():
+    """The attack: the job sends itself SIGUSR1 as SI_USER from pid 1 through
+    ``ctypes.pythonapi.syscall`` (no ``dlopen``). A genuine ``kill`` before it keeps its
+    verified sender; the forgery, and every kernel-filled claim after the lookup, are
+    claims with the lookup as the doubt."""
+    number = str(_RT_SIGQUEUEINFO[os.uname().machine])
+    proc = subprocess.Popen(
+        [sys.executable, "-c", FORGER, number],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        assert proc.stdout.readline().strip() == "sigwaitinfo"
+        os.kill(proc.pid, signal.SIGUSR2)
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().strip() == "forged"
+        os.kill(proc.pid, signal.SIGUSR2)
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        genuine, forged, after = json.loads(proc.stdout.readline())
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert genuine["verified"] is True and genuine["pid"] == os.getpid()
+    assert genuine["doubt"] is None
+    assert forged["signal"] == "SIGUSR1" and forged["code_name"] == "SI_USER"
+    assert forged["verified"] is False and forged["pid"] is None
+    assert forged["claimed_pid"] == 1
+    assert "syscall" in forged["doubt"] and "ctypes.dlsym" in forged["doubt"]
+    assert after["verified"] is False and after["claimed_pid"] == os.getpid()

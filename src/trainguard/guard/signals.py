@@ -24,7 +24,9 @@ a ``Guard`` attached later picks that watcher up and gets what it kept. Under
 ``trainguard run`` the start-up hook does this in every process of the job and binds a
 fallback report to the ledger (``bind_fallback``), so a process that never makes a
 ``Guard`` still records who signalled it. How far the sender can be believed is
-``trainguard.guard.signals_sender``'s business (``Received.verified``).
+``trainguard.guard.signals_sender``'s business (``Received.verified``), and whether this
+process may have forged a sender itself, ``trainguard.guard.signals_forgery``'s (whose
+watch starts before the first signal is blocked).
 
 Python handlers are wrapped (the backstop), so a signal that did not go through the
 watcher is still recorded, with the sender unknown, before the job's handler runs. A
@@ -58,6 +60,7 @@ from collections.abc import Callable, Iterable
 from types import FrameType
 from typing import Any
 
+from trainguard.guard import signals_forgery as _forgery
 from trainguard.guard.signals_sender import Received, from_siginfo, unknown
 from trainguard.guard.signals_sender import name as _name
 from trainguard.guard.signals_sender import threads_not_blocking as _threads_not_blocking
@@ -162,6 +165,7 @@ class SignalWatcher:
         if _CARRIER is not None and signal.getsignal(_CARRIER) == signal.SIG_DFL:
             signal.signal(_CARRIER, _wake_only)
             self._carrier = True
+        _forgery.start()  # before any signal waits: a self-sent forgery is seen (or doubted)
         wake = [_WAKE] if _WAKE is not None and _WAKE not in self.signals else []
         before = signal.pthread_sigmask(signal.SIG_BLOCK, [*self.signals, *wake])
         self._blocked = {int(s) for s in self.signals} - {int(s) for s in before}

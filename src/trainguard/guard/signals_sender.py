@@ -4,15 +4,21 @@
 and ``si_pid``/``si_uid`` name the sender. This module turns it into a ``Received``.
 
 What it trusts: the kernel's ``si_code``, and the sender fields only where the kernel
-filled them in itself. On Linux those are ``SI_USER`` (0: ``kill``), ``SI_TKILL`` (-6:
-``tgkill``/``tkill``) and the kernel's own codes (> 0, ``SI_KERNEL`` for a terminal's
-Ctrl-C). ``rt_sigqueueinfo``/``rt_tgsigqueueinfo``/``pidfd_send_signal`` let the sender
-write the whole ``siginfo``; the kernel only refuses, from another process, a ``si_code``
->= 0 or ``SI_TKILL``. So for ``SI_QUEUE`` (-1, ``sigqueue``) and every other negative
-code, the pid and uid are what the sender *claims*: ``Received.verified`` is False, the
-claim is kept (``claimed_pid``, ``claimed_uid``) and nothing is read from
-``/proc/<claimed pid>``, so a forged claim never blames an innocent process. A process
-signalling itself may forge any code; that is the job's own code, judged elsewhere.
+filled them in itself. From another process those are ``SI_USER`` (0: ``kill``),
+``SI_TKILL`` (-6: ``tgkill``/``tkill``) and the kernel's own codes (> 0, ``SI_KERNEL`` for
+a terminal's Ctrl-C): ``rt_sigqueueinfo``/``rt_tgsigqueueinfo``/``pidfd_send_signal`` let
+the sender write the whole ``siginfo``, but the kernel refuses, from another process, a
+``si_code`` >= 0 or ``SI_TKILL``. So for ``SI_QUEUE`` (-1, ``sigqueue``) and every other
+negative code, the pid and uid are what the sender *claims*: ``Received.verified`` is
+False, the claim is kept (``claimed_pid``, ``claimed_uid``) and nothing is read from
+``/proc/<claimed pid>``, so a forged claim never blames an innocent process.
+
+A process signalling *itself* may write any code, ``SI_USER`` with ``si_pid`` 1 included,
+and the ``siginfo`` is then identical to a genuine one. Whether this process may have
+done so is ``trainguard.guard.signals_forgery``'s ``doubt()``: when there is a doubt, a
+kernel-filled code is believed only for a ``SI_USER``/``SI_TKILL`` that names this very
+process (forged or not, it came from here); any other pid, and every kernel code, is kept
+as a claim with the doubt as evidence (``Received.doubt``).
 
 ``threads_not_blocking`` reads ``/proc/self/task/*/status`` (trusted as the kernel's word)
 to count the threads that would take a signal before the watcher could.
@@ -23,12 +29,13 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from trainguard.findings import Severity
+from trainguard.guard import signals_forgery as _forgery
 
 __all__ = [
     "SI_KERNEL",
@@ -79,6 +86,8 @@ class Received:
     verified: bool = True
     claimed_pid: int | None = None
     claimed_uid: int | None = None
+    doubt: str | None = None
+    """Why a kernel-filled sender is kept as a claim: this process may have forged it."""
 
     @property
     def sender_known(self) -> bool:
@@ -110,11 +119,22 @@ def code_name(code: int | None) -> str:
     return _CODE_NAMES.get(code, "kernel" if code > 0 else f"si_code {code}")
 
 
-def from_siginfo(info: Any, via: str = "sigwaitinfo") -> Received:
-    """A ``Received`` from ``signal.sigtimedwait``'s ``struct_siginfo``."""
+def from_siginfo(
+    info: Any,
+    via: str = "sigwaitinfo",
+    doubt: str | Callable[[], str | None] | None = _forgery.doubt,
+) -> Received:
+    """A ``Received`` from ``signal.sigtimedwait``'s ``struct_siginfo``. ``doubt``: why
+    this process may have forged a kernel-filled sender (default: ``signals_forgery``'s
+    answer now; None: no doubt)."""
     signum, code = int(info.si_signo), int(info.si_code)
     pid, uid = int(info.si_pid), int(info.si_uid)
-    if trusted_code(code):
+    if callable(doubt):
+        doubt = doubt()
+    believed = trusted_code(code) and (
+        doubt is None or (code in (SI_USER, SI_TKILL) and pid == os.getpid())
+    )
+    if believed:
         return Received(
             signal=name(signum),
             signum=signum,
@@ -139,6 +159,7 @@ def from_siginfo(info: Any, via: str = "sigwaitinfo") -> Received:
         verified=False,
         claimed_pid=pid,
         claimed_uid=uid,
+        doubt=doubt if trusted_code(code) else None,
     )
 
 
@@ -254,5 +275,6 @@ def signal_alert(received: Received) -> SignalAlert:
             "verified": received.verified,
             "claimed_pid": received.claimed_pid,
             "claimed_uid": received.claimed_uid,
+            "doubt": received.doubt,
         },
     )

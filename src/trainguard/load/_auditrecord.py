@@ -7,8 +7,11 @@ why:
 
 * ``compile``/``exec``/``import``, ``os.fork`` and ``socket.getaddrinfo``: honest training
   does them all the time (imports, ``torch.compile``, DataLoader workers, DNS).
-* ``ctypes.dlsym``/``ctypes.call_function``: every ctypes call raises them; loading a
-  library (``ctypes.dlopen``) is the step that matters.
+* ``ctypes.dlsym``/``ctypes.dlsym/handle``/``ctypes.call_function`` unless they name a
+  native signal sender, the raw ``syscall`` or a native resolver (``_auditnative``):
+  ctypes looks up many symbols honestly (torch, triton, wandb), and only those can send
+  the job a signal without ``os.kill``'s audit event. Loading a library
+  (``ctypes.dlopen``) is recorded as before.
 * ``socket.sendmsg`` without an address (a connected socket, already seen at connect)
   and ``os.kill``/``signal.pthread_kill`` with signal 0 (a liveness probe; sends nothing).
 * trainguard's own calls: the innermost frame outside the standard library is
@@ -22,6 +25,9 @@ why:
   packages are what they should be is ``trainguard env``'s question, not this hook's.
 * what the recording's ``allow`` names: an event, a module prefix, or ``EVENT@MODULE``.
 
+How a call is described (``CallEvent``: site, modules, stack) is ``_auditcall``'s
+business; which native lookups name a dangerous symbol, ``_auditnative``'s.
+
 These exemptions are the recording's only: they decide what is *reported* to the guard,
 never what a load window lets through. Recording is per process: a forked child (a
 DataLoader worker) starts with no recorders, so a worker never writes into the parent's
@@ -31,18 +37,19 @@ ledger.
 from __future__ import annotations
 
 import contextlib
-import linecache
 import os
 import socket
-import sys
 import threading
-import traceback
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
+
+from trainguard.load._auditcall import SOCKET_EVENTS, CallEvent, Frame, describe, module_of
+from trainguard.load._auditnative import NATIVE_EVENTS
+from trainguard.load._auditnative import symbol as native_symbol
 
 __all__ = [
     "HONEST",
+    "NATIVE_EVENTS",
     "RECORDED_EVENTS",
     "SPAWN_EVENTS",
     "CallEvent",
@@ -60,9 +67,10 @@ SPAWN_EVENTS = frozenset(
 RECORDED_EVENTS = SPAWN_EVENTS | frozenset(
     {"os.kill", "os.killpg", "signal.pthread_kill", "socket.connect", "socket.bind",
      "socket.sendto", "socket.sendmsg", "ctypes.dlopen", "os.startfile", "webbrowser.open"}
-)  # fmt: skip
+) | NATIVE_EVENTS  # fmt: skip
 """What a training job has no business doing: start programs, signal processes, open
-network connections, load native libraries (see the module docstring for what is left out)."""
+network connections, load native libraries, look up or call a native signal sender or the
+raw system call (see the module docstring for what is left out)."""
 
 HONEST: tuple[tuple[frozenset[str], tuple[str, ...]], ...] = (
     (
@@ -74,47 +82,12 @@ HONEST: tuple[tuple[frozenset[str], tuple[str, ...]], ...] = (
 what it built. Matched against the modules between the call and the user's own code."""
 
 _SIGNAL_EVENTS = frozenset({"os.kill", "os.killpg", "signal.pthread_kill"})
-_SOCKET_EVENTS = frozenset({"socket.connect", "socket.bind", "socket.sendto", "socket.sendmsg"})
-_ENV_ARG = {"subprocess.Popen": 3, "os.exec": 2, "os.posix_spawn": 2, "os.spawn": 3}
 _AT_IMPORT = frozenset({"ctypes.dlopen", "subprocess.Popen", "os.posix_spawn"})
 MAX_DEPTH = 64
 """How many frames, innermost first, the hook hands to ``on_event``."""
-_STACK_SHOWN = 8
-
-Frame = tuple[str, int | None, str, dict[str, Any], Any]
-"""One frame as the hook hands it over: file, line, function, the frame's globals, its
-code object (never read here: the guard judges who started a program with it)."""
 
 _lock = threading.Lock()
 _busy = threading.local()
-
-
-@dataclass(frozen=True, slots=True)
-class CallEvent:
-    """One audited call, as a recording's callback receives it.
-
-    ``site`` is the ``file:line`` responsible: the innermost frame outside the standard
-    library (``subprocess.run`` is not the culprit, its caller is). ``modules`` are the
-    non-standard-library modules from there outwards up to the first frame of the user's
-    own code (what ``allow`` and ``HONEST`` match); ``origin`` is the innermost module.
-    ``own``: trainguard's doing; ``importing``: an installed package's import-time code.
-    """
-
-    event: str
-    args: str
-    site: str
-    module: str
-    origin: str
-    modules: tuple[str, ...]
-    own: bool
-    importing: bool
-    thread: str
-    stack: str
-    site_code: Any = field(default=None, compare=False, repr=False)
-    """The code object running at ``site`` (judged by the guard's process check)."""
-    site_globals: Any = field(default=None, compare=False, repr=False)
-    unix_socket: bool = False
-    """A socket event on a Unix socket (a local service, never the network)."""
 
 
 class Recording:
@@ -168,7 +141,6 @@ class Recording:
 _recorders: tuple[Recording, ...] = ()
 _recordable: frozenset[str] = frozenset()
 _fork_handler = False
-_kinds: dict[str, str] = {}
 _next: dict[int, tuple[tuple[str, ...], Callable[[], None]]] = {}
 
 
@@ -214,7 +186,7 @@ def _fire_next(frames: Sequence[Frame]) -> None:
         return
     outside, callback = entry
     if outside:
-        name = _module_of(frames[0]) if frames else ""
+        name = module_of(frames[0]) if frames else ""
         if any(_under(name, m) for m in outside):
             return
     _next.pop(ident, None)
@@ -271,7 +243,7 @@ def _record(event: str, args: tuple[Any, ...], frames: Sequence[Frame]) -> None:
         return
     _busy.on = True  # the callbacks may raise recorded events of their own
     try:
-        call = _describe(event, args, frames)
+        call = describe(event, args, frames)
         for recording in _recorders:
             if event not in recording.events:
                 continue
@@ -290,7 +262,10 @@ def _record(event: str, args: tuple[Any, ...], frames: Sequence[Frame]) -> None:
 
 def _probe_or_unaddressed(event: str, args: tuple[Any, ...]) -> bool:
     """Calls that send nothing anywhere new: signal 0 only asks whether a process
-    exists; ``sendmsg`` without an address writes to a socket already connected."""
+    exists; ``sendmsg`` without an address writes to a socket already connected; a native
+    lookup or call of anything but a dangerous symbol."""
+    if event in NATIVE_EVENTS:
+        return native_symbol(event, args) is None
     if event in _SIGNAL_EVENTS:
         return len(args) > 1 and args[1] == 0
     if event == "socket.sendmsg":
@@ -298,90 +273,12 @@ def _probe_or_unaddressed(event: str, args: tuple[Any, ...]) -> bool:
     return False
 
 
-def _describe(event: str, args: tuple[Any, ...], frames: Sequence[Frame]) -> CallEvent:
-    origin = (_module_of(frames[0]) or "?") if frames else "?"
-    site_at: Frame | None = None
-    modules: list[str] = []
-    kinds: list[str] = []
-    own = importing = False
-    for at in frames:
-        name = _module_of(at) or "?"
-        kind = _kind(name, at[0])
-        if kind == "stdlib" and modules and not importing and name.startswith("importlib"):
-            importing = all(k == "third_party" for k in kinds)
-        if kind != "stdlib":
-            if site_at is None:
-                site_at = at
-            modules.append(name)
-            kinds.append(kind)
-            if kind == "trainguard":
-                own = True
-                break
-            if kind == "user":
-                break
-    where = site_at if site_at is not None else (frames[0] if frames else None)
-    site = f"{where[0]}:{where[1]}" if where is not None else "?"
-    module = (_module_of(where) or "?") if where is not None else "?"
-    return CallEvent(
-        event=event,
-        args=_args_text(event, args),
-        site=site,
-        module=module,
-        origin=origin,
-        modules=tuple(modules),
-        own=own,
-        importing=importing,
-        thread=threading.current_thread().name,
-        stack=_stack_text(frames),
-        site_code=where[4] if where is not None and len(where) > 4 else None,
-        site_globals=where[3] if where is not None else None,
-        unix_socket=event in _SOCKET_EVENTS
-        and bool(args)
-        and getattr(args[0], "family", None) == getattr(socket, "AF_UNIX", None),
-    )
-
-
-def _module_of(frame: Frame) -> str:
-    name = frame[3].get("__name__")
-    return name if isinstance(name, str) else ""
-
-
-def _stack_text(frames: Sequence[Frame]) -> str:
-    """What ``traceback.format_stack`` shows (innermost frames, outermost first), from the
-    hook's plain data: source lines come from ``linecache``, which only reads files."""
-    shown = frames[:_STACK_SHOWN]
-    for filename, _, _, module_globals, _ in shown:
-        linecache.lazycache(filename, module_globals)
-    summary = traceback.StackSummary.from_list(
-        [traceback.FrameSummary(f, n, name, lookup_line=False) for f, n, name, _, _ in shown[::-1]]
-    )
-    return "".join(summary.format())
-
-
-def _kind(module: str, filename: str) -> str:
-    """``trainguard``, ``stdlib``, ``third_party`` (installed packages) or ``user``."""
-    kind = _kinds.get(filename)
-    if kind is None:
-        top = module.partition(".")[0]
-        if top == "trainguard":
-            kind = "trainguard"
-        elif top in sys.stdlib_module_names or filename.startswith("<frozen "):
-            kind = "stdlib"
-        elif "site-packages" in filename or "dist-packages" in filename:
-            kind = "third_party"
-        else:
-            kind = "user"
-        if len(_kinds) < 4096:
-            _kinds[filename] = kind
-    return kind
-
-
 def _honest(call: CallEvent, args: tuple[Any, ...]) -> bool:
     """Machinery of honest jobs (see ``HONEST`` and the module docstring)."""
     top = call.origin.partition(".")[0]
     if call.event in ("os.kill", "os.killpg") and top in ("multiprocessing", "subprocess"):
         return True  # a pool or Popen signalling the child it started
-    if call.event in _SOCKET_EVENTS and top == "multiprocessing":
+    if call.event in SOCKET_EVENTS and top == "multiprocessing":
         family = getattr(args[0], "family", None) if args else None
         if family == getattr(socket, "AF_UNIX", None):
             return True  # DataLoader workers hand tensors over Unix sockets
@@ -396,16 +293,3 @@ def _honest(call: CallEvent, args: tuple[Any, ...]) -> bool:
 
 def _under(name: str, prefix: str) -> bool:
     return name == prefix or name.startswith(prefix + ".")
-
-
-def _args_text(event: str, args: tuple[Any, ...]) -> str:
-    """The call's arguments, short; an environment passed to a new program is left out
-    (it holds secrets more often than evidence)."""
-    at = _ENV_ARG.get(event)
-    if at is not None and len(args) > at and args[at] is not None:
-        args = (*args[:at], "<environment left out>", *args[at + 1 :])
-    try:
-        text = repr(args)
-    except Exception:  # noqa: BLE001 - a broken __repr__ must not lose the event
-        text = f"<{len(args)} arguments>"
-    return text[:300]

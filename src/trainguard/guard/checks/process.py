@@ -15,13 +15,24 @@ Two watches, both process-wide and running while the guard is attached:
   an installed library's that its own file compiles to (this trusts the library files on
   disk: ``trainguard env`` verifies those). Code built by ``exec`` or from a temp file,
   or under a module whose file does not hold it, is not verified: still an alert.
+  A ``ctypes`` lookup (or ``_ctypes.call_function`` call) of a native signal sender, the
+  raw ``syscall`` or a native resolver (``dlsym``, ``dlopen``) is ``runtime.suspicious_call``
+  HIGH with the stack too: it sends signals past ``os.kill``'s audit event and lets the
+  job forge the sender of a signal it sends itself. Made by verified installed-library
+  code (``filelock`` looks up ``syscall`` for ``renameat2``) it is the event
+  ``process.native_symbol``; torch, triton and wandb look up other symbols, never
+  reported.
 * a signal watcher (``trainguard.guard.signals``): SIGTERM, SIGINT, SIGHUP, SIGUSR1,
   SIGUSR2 become ``process.signal`` with the sender's pid, uid and command line (HIGH;
   MEDIUM for a SIGINT from this process or a terminal), flushed to the ledger before the
   signal is delivered as the job intended. The sender is believed only where the kernel
   filled it in (``kill``, ``tgkill``, the kernel's own codes); a ``sigqueue``-style sender
   writes its own pid and uid, so those are kept as a claim ("claimed by sender, not
-  verified") and never named in the message (``trainguard.guard.signals_sender``).
+  verified") and never named in the message (``trainguard.guard.signals_sender``). A
+  process can forge even a kernel-filled sender in a signal it sends itself: once it
+  has looked up such a symbol through ``ctypes``, or when the watch of those lookups did
+  not start before ``ctypes`` was loaded, only a sender naming this very process is
+  believed (``trainguard.guard.signals_forgery``; the reason is the evidence's ``doubt``).
 
 Alerts carry the step in progress: an event in the loop body before ``optimizer.step()``
 belongs to the step being computed, not to the one before it.
@@ -145,6 +156,9 @@ class ProcessCheck(Check):
     # -- audited calls -------------------------------------------------------------------
 
     def _on_call(self, ctx: GuardContext, call: audithook.CallEvent) -> None:
+        if call.symbol is not None:
+            self._on_native(ctx, call)
+            return
         origin = _honest_origin(call)
         if origin is not None:
             ctx.event(
@@ -159,6 +173,37 @@ class ProcessCheck(Check):
             where=f"event:{call.event}@{call.site}",
             evidence={
                 "event": call.event,
+                "args": call.args,
+                "site": call.site,
+                "module": call.module,
+                "stack": call.stack,
+                "thread": call.thread,
+                "authorized": ctx.is_authorized,
+                "verified": False,
+            },
+            step=self._step(ctx),
+        )
+
+    def _on_native(self, ctx: GuardContext, call: audithook.CallEvent) -> None:
+        """A native signal sender, ``syscall`` or resolver looked up (or called) through
+        ``ctypes``: an event from verified installed-library code, an alert otherwise."""
+        if _authority.verified_origin(call.site_code, call.site_globals) == "library":
+            ctx.event(
+                "process.native_symbol",
+                {"event": call.event, "symbol": call.symbol, "site": call.site},
+            )
+            return
+        what = "call of" if call.event == "ctypes.call_function" else "lookup of"
+        ctx.emit(
+            Rule.SUSPICIOUS_CALL,
+            Severity.HIGH,
+            f"ctypes {what} native {call.symbol} from {call.site} (thread {call.thread}):"
+            " it sends signals unseen by os.kill's audit, and can forge the sender of a"
+            " signal this process sends itself",
+            where=f"event:{call.event}:{call.symbol}@{call.site}",
+            evidence={
+                "event": call.event,
+                "symbol": call.symbol,
                 "args": call.args,
                 "site": call.site,
                 "module": call.module,

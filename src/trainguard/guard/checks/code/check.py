@@ -1,7 +1,20 @@
 """``CodeCheck``: the check's life cycle (attach, per-step watch, keyed full comparison,
 authorized changes, the background source comparison) over the package's pieces.
 
-*What it trusts:* see the package docstring; this module only schedules the others.
+Two things here are its own: the background source comparison is waited for at the
+``VERIFY_BY``-th optimizer step after attach at the latest (its alerts come by then, on
+any host), and a function's ``__code__``, ``__defaults__`` or ``__kwdefaults__``
+assigned while the guard runs is seen when it happens. The identity watch cannot see that
+(the function object stays the same), and reading ``__code__`` of the ~1,100 functions a
+step reaches costs more than the whole watch (each read is an audit event: 1.4 ms against
+0.4 ms, measured); CPython raises ``object.__setattr__`` for those assignments, so an
+audit recording of it marks the check dirty and the next optimizer step compares
+everything (the step the swap is made at). A function of the snapshot assigned and put
+back before that step is an alert too.
+
+*What it trusts:* see the package docstring; for the assignment watch, that the new code
+is set through the function's attribute (the audited setter), not by writing the
+function object's memory natively.
 """
 
 from __future__ import annotations
@@ -9,6 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -21,8 +35,13 @@ from trainguard.guard.checks.code.hooks import UNENUMERABLE, judge_hook
 from trainguard.guard.checks.code.origin import Origins
 from trainguard.guard.checks.code.snapshot import Snapshot
 from trainguard.guard.checks.code.watch import StepWatch, due
+from trainguard.load import audithook
 
-__all__ = ["CodeCheck"]
+__all__ = ["VERIFY_BY", "CodeCheck"]
+
+VERIFY_BY = 3
+"""At this optimizer step after attach the check waits for the source comparison."""
+_FN_STATE = frozenset({"__code__", "__defaults__", "__kwdefaults__"})
 
 log = logging.getLogger("trainguard.guard")
 
@@ -46,6 +65,10 @@ class CodeCheck(Check):
         self.verified = threading.Event()
         self._index = SourceIndex()  # the main thread's, for vouching torch's rewrapping
         self._origins = Origins(self._index)
+        self._attached_at = 0
+        self._reported: set[str] = set()  # where attach reported: the thread skips them
+        self._assigned: list[tuple[Any, str, str, str]] = []  # (fn, attr, site, stack)
+        self._assignments: audithook.Recording | None = None
 
     def attach(self, ctx: GuardContext) -> None:
         started = time.perf_counter()
@@ -56,7 +79,17 @@ class CodeCheck(Check):
         self._watch = StepWatch(snap)
         self._hooked_step(ctx)
         self._judge_existing(ctx, snap)
-        for finding in torch_builtins(snap) + torch_names(snap, self._origins):
+        self._attached_at = int(ctx.current_step)
+        self._assigned = []
+        if self._assignments is None:
+            self._assignments = audithook.record(
+                self._on_assign, events=frozenset({"object.__setattr__"}), filtered=False
+            )
+        found = torch_builtins(snap) + torch_names(
+            snap, self._origins, compile_step=self._verify_source
+        )
+        self._reported = {finding.where for finding in found}
+        for finding in found:
             ctx.emit(
                 Rule.MONKEYPATCH,
                 Severity.CRITICAL,
@@ -127,15 +160,30 @@ class CodeCheck(Check):
                 )
 
     def before_step(self, ctx: GuardContext) -> None:
+        thread = self._thread
+        if thread is not None and int(ctx.current_step) - self._attached_at >= VERIFY_BY:
+            if thread.is_alive():
+                thread.join()  # once: the source comparison's alerts come by this step
+            self._thread = None
         if not self._checked_first or due(ctx.key, ctx.current_step, ctx.every):
             self._checked_first = True
             self.check_now(ctx)
-        elif self._watch is not None and self._watch.changed():
+        elif self._assigned or (self._watch is not None and self._watch.changed()):
             self.check_now(ctx)
 
     def end_step(self, ctx: GuardContext, info: StepInfo) -> None:
-        if self._watch is not None and self._watch.changed():
+        if self._assigned or (self._watch is not None and self._watch.changed()):
             self.check_now(ctx)
+
+    def _on_assign(self, call: audithook.CallEvent) -> None:
+        """In the audit hook (any thread): a function of the snapshot got new code,
+        defaults or keyword defaults; ``check_now`` at the next step says which."""
+        target, snap = call.target, self._snapshot
+        if not isinstance(target, tuple) or len(target) != 2 or snap is None:
+            return
+        fn, attr = target
+        if attr in _FN_STATE and isinstance(fn, types.FunctionType) and id(fn) in snap.known_fns:
+            self._assigned.append((fn, str(attr), call.site, call.stack))
 
     def params_changed(self, ctx: GuardContext) -> None:
         if self._snapshot is not None and not ctx.is_authorized:
@@ -143,6 +191,7 @@ class CodeCheck(Check):
             self._watch = StepWatch(self._snapshot)
 
     def rebaseline(self, ctx: GuardContext) -> None:
+        self._assigned = []  # made inside the authorized block: taken with the rest
         if self._snapshot is None:
             return
         for change in compare(self._snapshot, ctx, self._origins):
@@ -152,6 +201,9 @@ class CodeCheck(Check):
         self._watch = StepWatch(self._snapshot)
 
     def close(self, ctx: GuardContext) -> None:
+        if self._assignments is not None:
+            self._assignments.stop()
+            self._assignments = None
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=2.0)
@@ -159,9 +211,12 @@ class CodeCheck(Check):
     def check_now(self, ctx: GuardContext) -> None:
         """Compare with the snapshot now; report, then take the changes as the baseline."""
         if self._snapshot is None or ctx.is_authorized:
+            self._assigned = []  # inside an authorized block: the job's own doing
             return
+        assigned, self._assigned = self._assigned, []
         changes = compare(self._snapshot, ctx, self._origins)
         self._watch = StepWatch(self._snapshot)
+        self._put_back(ctx, assigned, {c.where for c in changes})
         for change in changes:
             if change.accepted == OWN_HOOK:
                 continue
@@ -175,6 +230,34 @@ class CodeCheck(Check):
                     where=change.where,
                     evidence=change.evidence,
                 )
+
+    def _put_back(
+        self, ctx: GuardContext, assigned: list[tuple[Any, str, str, str]], seen: set[str]
+    ) -> None:
+        """A function's state assigned since the last look and found as it was: put back
+        in between (a swap for part of a step). Still an alert, naming who assigned it."""
+        snap = self._snapshot
+        if snap is None:
+            return
+        states = {id(st.fn): st for st in snap.fns}
+        for fn, attr, site, stack in assigned:
+            st = states.get(id(fn))
+            if st is None:
+                continue
+            where = (
+                st.where if st.where.endswith(fn.__name__) else f"{st.where} ({fn.__qualname__})"
+            )
+            if where in seen:
+                continue  # compare reported (or accepted) what it is now
+            seen.add(where)
+            ctx.emit(
+                Rule.MONKEYPATCH,
+                Severity.HIGH,
+                f"{where} had its {attr} assigned at {site} and put back before the guard"
+                " looked: it ran other code in between",
+                where=where,
+                evidence={"attr": attr, "site": site, "stack": stack, **describe(fn)},
+            )
 
     @staticmethod
     def _accepted(ctx: GuardContext, change: Change, reason: str) -> None:
@@ -192,7 +275,7 @@ class CodeCheck(Check):
             index = SourceIndex()
             origins = self._origins.with_index(index)
             findings, counts = verify_source(snap, origins, index, self._stop.is_set)
-            for finding in findings:
+            for finding in [f for f in findings if f.where not in self._reported]:
                 _safe(
                     ctx.emit,
                     Rule.MONKEYPATCH,

@@ -68,14 +68,14 @@ def compare(snap: Snapshot, ctx: GuardContext, origins: Origins) -> list[Change]
             gone.append(i)
             continue
         slot.value = now  # (``class_values`` keeps what the class held at the snapshot)
-        snap.learn(now, slot.where, slot.torch_name, slot.owner)
+        snap.learn(now, slot.where, slot.torch_name, slot.owner, slot.step)
     for i in reversed(gone):
         del snap.slots[i]
     for i, st in enumerate(snap.fns):
         change = _fn_changed(st)
         if change is not None:
             changes.append(change)
-            snap.fns[i] = fn_state(st.fn, st.where, st.torch_name, st.owner)
+            snap.fns[i] = fn_state(st.fn, st.where, st.torch_name, st.owner, st.step)
     for ks in snap.keysets:
         mapping = ks.mapping
         if len(mapping) != len(ks.keys) or not ks.keys.issuperset(mapping):

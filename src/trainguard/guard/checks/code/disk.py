@@ -7,13 +7,21 @@ there". Two things can:
 * a name torch defines must run torch's own verified code (or the standard library's,
   ``typing_extensions``' or trainguard's wrappers): ``origin.Origins`` decides where code
   comes from by what was loaded from which file, never by the path the code claims. At
-  attach the quick part (module, file, globals) runs for every torch name, and each
+  attach the quick part (module, file, globals) runs for every torch name; for every
+  function reachable from a name an optimizer step looks up (``Fn.step``: ``torch``,
+  ``torch.nn.functional``, ``torch.nn.utils``, the optimizer's and the model's classes)
+  the function's *current* ``__code__`` is also compared with what its file compiles to
+  (``SourceIndex.verify``; about 55 files, a third of a second once per process on a
+  loaded 2-core host, then memoized): a ``__code__`` swapped before the guard started,
+  keeping the function object and its torch file name, is an alert at attach. Each
   builtin bound to a torch name is compared with torch's own table
   (``torch._C._VariableFunctions`` is read-only, ``torch._C._nn`` names its functions);
-* the background thread compiles the source files and compares every watched function's
-  code object (``SourceIndex``), and repeats the origin check with that comparison: a
-  patched ``.pyc``, a ``__code__`` swapped early, or code compiled under a borrowed torch
-  file name all fail it.
+* the background thread compiles the remaining source files and compares every watched
+  function's code object (``SourceIndex``), and repeats the origin check with that
+  comparison: a patched ``.pyc``, a ``__code__`` swapped early, or code compiled under a
+  borrowed torch file name all fail it. The check waits for it at the third optimizer
+  step after attach at the latest (``check.VERIFY_BY``), so its alerts come by then
+  however loaded the host is.
 
 *What it trusts:* torch's read-only ``_VariableFunctions`` table and the names torch's
 source files spell (a name no torch file mentions is an addition, not a replacement), and
@@ -99,18 +107,43 @@ def _foreign(st: Fn, origin: Origin) -> Finding:
     )
 
 
-def torch_names(snap: Snapshot, origins: Origins) -> list[Finding]:
-    """At attach, without compiling anything but the files of suspect code: every
-    function a torch name runs must come from torch's (or the standard library's) module
-    of that file."""
+def torch_names(snap: Snapshot, origins: Origins, *, compile_step: bool = True) -> list[Finding]:
+    """At attach: every function a torch name runs must come from torch's (or the
+    standard library's) module of that file; one an optimizer step reaches must also be
+    what that file compiles to (the other files are compiled on the background thread)."""
     out = []
     for st in snap.fns:
+        if st.step and compile_step:
+            differs = _differs(st, snap.index)
+            if differs is not None:
+                out.append(differs)
+                continue
         if st.torch_name is None:
             continue
         origin = origins.of(st.fn, st.owner, code=False)
         if not torch_code(origin, st, origins) and _torch_names_of(snap.index, st.torch_name):
             out.append(_foreign(st, origin))
     return out
+
+
+def _differs(st: Fn, index: SourceIndex) -> Finding | None:
+    """The function's current code is not what its library file compiles to."""
+    code = st.fn.__code__
+    status = index.verify(code)
+    if status not in ("mismatch", "missing") or not is_library(code.co_filename):
+        return None
+    evidence = {
+        "qualname": code.co_qualname,
+        "file": f"{code.co_filename}:{code.co_firstlineno}",
+        "sha256": code_digest(code),
+        "status": status,
+    }
+    message = (
+        f"the code running as {st.where} ({code.co_qualname}) does not match its "
+        f"source file {code.co_filename} (a patched .pyc, or a patch made before "
+        "the guard started)"
+    )
+    return Finding(st.where, message, evidence)
 
 
 def torch_builtins(snap: Snapshot) -> list[Finding]:
@@ -161,22 +194,11 @@ def verify_source(
     for st in list(snap.fns):
         if stopped():
             break
-        code = st.code
-        status = index.verify(code)
+        status = index.verify(st.code)
         counts[status] += 1
-        if status in ("mismatch", "missing") and is_library(code.co_filename):
-            evidence = {
-                "qualname": code.co_qualname,
-                "file": f"{code.co_filename}:{code.co_firstlineno}",
-                "sha256": code_digest(code),
-                "status": status,
-            }
-            message = (
-                f"the code running as {st.where} ({code.co_qualname}) does not match its "
-                f"source file {code.co_filename} (a patched .pyc, or a patch made before "
-                "the guard started)"
-            )
-            findings.append(Finding(st.where, message, evidence))
+        differs = _differs(st, index) if status in ("mismatch", "missing") else None
+        if differs is not None:
+            findings.append(differs)
         elif st.torch_name is not None:
             origin = origins.of(st.fn, st.owner)
             if torch_code(origin, st, origins):

@@ -69,6 +69,7 @@ class Fn:
     # torch's (or the standard library's) verified code
     torch_name: tuple[str | None, str] | None
     owner: type | None  # the class whose dict holds it (generated methods are judged so)
+    step: bool = False  # reached from a name an optimizer step looks up (verified at attach)
 
 
 class Slot:
@@ -105,6 +106,7 @@ def fn_state(
     where: str,
     torch_name: tuple[str | None, str] | None = None,
     owner: type | None = None,
+    step: bool = False,
 ) -> Fn:
     kw = fn.__kwdefaults__
     cells = []
@@ -124,6 +126,7 @@ def fn_state(
         where,
         torch_name,
         owner,
+        step,
     )
 
 
@@ -252,7 +255,7 @@ class Snapshot:
         owner: type | None = None,
     ) -> None:
         self.slots.append(Slot(mapping, name, value, where, step, torch_name, owner))
-        self.learn(value, where, torch_name, owner)
+        self.learn(value, where, torch_name, owner, step)
 
     def learn(
         self,
@@ -260,6 +263,7 @@ class Snapshot:
         where: str,
         torch_name: tuple[str | None, str] | None = None,
         owner: type | None = None,
+        step: bool = False,
     ) -> None:
         """Record the functions ``value`` runs (a new baseline value)."""
         self.known_values.add(id(value))
@@ -269,7 +273,7 @@ class Snapshot:
             if id(fn) in self.known_fns:
                 continue
             self.known_fns.add(id(fn))
-            self.fns.append(fn_state(fn, where, torch_name, owner))
+            self.fns.append(fn_state(fn, where, torch_name, owner, step))
             if fn.__code__.co_filename.startswith(self.torch):
                 self.known_codes.update(id(c) for c in iter_code(fn.__code__))
 
