@@ -13,20 +13,24 @@ def default_checks(*, process: bool = True) -> list[Check]:
     from trainguard.guard.checks.anomalies import AnomalyCheck
     from trainguard.guard.checks.code import CodeCheck
     from trainguard.guard.checks.data import DataCheck
+    from trainguard.guard.checks.gradients import GradientCheck
     from trainguard.guard.checks.hyper import HyperCheck
     from trainguard.guard.checks.replicas import ReplicaCheck
     from trainguard.guard.checks.rng import RngCheck
+    from trainguard.guard.checks.state import StateCheck
     from trainguard.guard.checks.update import UpdateCheck
     from trainguard.guard.checks.weights import WeightsCheck
 
     checks: list[Check] = [
         WeightsCheck(),
+        StateCheck(),
         HyperCheck(),
         UpdateCheck(),
         RngCheck(),
         DataCheck(),
         CodeCheck(),
         ReplicaCheck(),
+        GradientCheck(),
         AnomalyCheck(),
     ]
     if process:
