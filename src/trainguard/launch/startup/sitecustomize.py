@@ -156,8 +156,10 @@ def _boot() -> None:
 
 def _signal_report(body: dict[str, Any], path: str | None) -> Any:
     """Record a signal this process got while no ``Guard`` has the watch: an alert in the
-    ledger (an event when the supervisor, or the launcher agent that started this process,
-    sent it: they stop and tear down the job) and the sender in the boot file."""
+    ledger (an event when the supervisor, or the process that started this one, sent it:
+    the supervisor and launcher agents stop and tear down the job, and a pool stops its
+    own workers, as torch.compile's worker pool and DataLoader workers' parents do; a
+    signal from anywhere else is the attack) and the sender in the boot file."""
     from trainguard.findings import Finding, Location, Rule
     from trainguard.guard.signals_sender import signal_alert
     from trainguard.ledger.sink import open_ledger
@@ -170,7 +172,7 @@ def _signal_report(body: dict[str, Any], path: str | None) -> Any:
         ours = (
             received.verified
             and received.pid is not None
-            and (received.pid == supervisor or _agent_parent(received.pid))
+            and (received.pid == supervisor or received.pid == os.getppid())
         )
         body.setdefault("signalled_by", []).append(
             {"signal": received.signal, "pid": received.pid, "verified": received.verified}
@@ -183,7 +185,8 @@ def _signal_report(body: dict[str, Any], path: str | None) -> Any:
         try:
             if ours:
                 evidence["event"] = "process.signal"
-                evidence["from_supervisor"] = True
+                evidence["from_supervisor"] = received.pid == supervisor
+                evidence["from_parent"] = received.pid == os.getppid()
                 ledger.append_event("process.signal", evidence=evidence)
             else:
                 message = f"{said.message} (no guard in this process)"
@@ -196,18 +199,6 @@ def _signal_report(body: dict[str, Any], path: str | None) -> Any:
                 ledger.close()
 
     return report
-
-
-def _agent_parent(pid: int) -> bool:
-    """``pid`` is this process's parent and a launcher agent (torchrun tearing down)."""
-    if pid != os.getppid():
-        return False
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            argv = f.read().rstrip(b"\0").decode(errors="replace").split("\0")
-    except OSError:
-        return False
-    return _is_agent(argv)
 
 
 def _is_agent(argv: list[str]) -> bool:
