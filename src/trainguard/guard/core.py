@@ -112,6 +112,7 @@ class Guard:
         self._closed = False
         self._hooks: list[Any] = []
         self._hook_ids: tuple[int, int] = (-1, -1)
+        self.step_call: tuple[Any, Any] | None = None
         self.busy_times: deque[float] = deque(maxlen=64)
         self._ledger, self._own_ledger = open_ledger(ledger, self.rank)
         self.key = self._agree_key(key)
@@ -243,6 +244,7 @@ class Guard:
         # a hook added since the last step must not get in between (each dict is reordered
         # only while torch is not iterating it)
         self._order_hooks(pre=False)
+        self.step_call = (args, kwargs)  # what optimizer.step() was called with (a closure)
         self._step = self._completed + 1
         for check in self.checks:
             self._run(check, "before_step")

@@ -52,6 +52,9 @@ class GuardContext(Protocol):
     world_size: int
     every: int
     seed: int | None
+    step_call: tuple[Any, Any] | None
+    """``(args, kwargs)`` of the ``optimizer.step()`` call being checked (set before the
+    pre-step checks run; ``args[0]`` is the optimizer)."""
 
     @property
     def checks(self) -> Sequence[Check]:

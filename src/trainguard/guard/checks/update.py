@@ -204,8 +204,6 @@ class UpdateCheck(Check):
         self._order: list[int] = []
         self._cursor = 0
         self._cycle = 0
-        self._closure = False
-        self._hook: Any = None
         self._said: set[str] = set()
         self._classes: dict[type, str] = {}
         self._finfo: dict[tuple[Any, ...], om.Precision] = {}
@@ -222,23 +220,15 @@ class UpdateCheck(Check):
             torch.optim.Adam: "adam",
             torch.optim.AdamW: "adamw",
         }
-        register = getattr(ctx.optimizer, "register_step_pre_hook", None)
-        if register is not None:  # runs before the guard's own pre-hook: sees the closure
-            self._hook = register(self._see_call)
         if type(ctx.optimizer) not in self._classes:
             self._unverified(ctx, "optimizer class not modelled")
         if self.deferred is None:
             self.deferred = any(getattr(p, "is_cuda", False) for _, p in ctx.named_parameters)
 
-    def _see_call(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        rest = args[1:] if args and args[0] is optimizer else args  # torch passes self first
-        closure = rest[0] if rest else (kwargs or {}).get("closure")
-        self._closure = closure is not None
-
     def before_step(self, ctx: GuardContext) -> None:
         self._drain(ctx)
         self._pending = None
-        closure, self._closure = self._closure, False
+        closure = _has_closure(ctx.optimizer, getattr(ctx, "step_call", None))
         opt = ctx.optimizer
         kind = self._classes.get(type(opt))
         if kind is None:
@@ -312,9 +302,6 @@ class UpdateCheck(Check):
 
     def close(self, ctx: GuardContext) -> None:
         self._drain(ctx, wait=True)
-        if self._hook is not None:
-            self._hook.remove()
-            self._hook = None
         ctx.event(
             "update.summary",
             {
@@ -722,3 +709,14 @@ def _hyper_evidence(h: om.SgdHyper | om.AdamHyper | None) -> dict[str, Any] | No
     if h is None:
         return None
     return {k: getattr(h, k) for k in h.__dataclass_fields__}
+
+
+def _has_closure(optimizer: Any, call: tuple[Any, Any] | None) -> bool:
+    """Whether ``optimizer.step()`` was called with a closure (the gradients are then
+    computed inside the step, after the pre-step hook)."""
+    if call is None:
+        return False
+    args, kwargs = call
+    rest = args[1:] if args and args[0] is optimizer else args  # torch passes self first
+    return (rest[0] if rest else (kwargs or {}).get("closure")) is not None
+
