@@ -31,7 +31,10 @@ from trainguard.drill.model import GPTConfig, TinyGPT
 from trainguard.guard import Guard
 from trainguard.guard.checks import default_checks
 
-CHECKS = ["weights", "hyper", "update", "rng", "data", "code", "replicas", "anomalies", "process"]
+CHECKS = [
+    "weights", "state", "hyper", "update", "rng", "data", "code", "replicas", "gradients",
+    "anomalies", "process",
+]  # fmt: skip
 
 
 class Side:
