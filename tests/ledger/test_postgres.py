@@ -187,3 +187,28 @@ def test_guard_writes_alerts_to_postgres(pg_ledger: str, monkeypatch) -> None:
     alerts = read_records(pg_ledger, alert="runtime.weight_tamper")
     assert alerts and alerts[0].step == 3
     assert os.environ["TRAINGUARD_LEDGER"] == pg_ledger
+
+
+def test_trainguard_run_keeps_its_ledger_in_postgres(pg_ledger: str, tmp_path: Path) -> None:
+    """``trainguard run --ledger postgresql://...``: the run's origin, its signed heads, the
+    job's own records and the supervisor's alerts land in the database; run folders go to
+    the state folder; the ledger verifies against the run and its witness."""
+    env = {k: v for k, v in os.environ.items() if k != "TRAINGUARD_LEDGER"}
+    env["TRAINGUARD_STATE_DIR"] = str(tmp_path / "state")
+    env["TRAINGUARD_WITNESS_DIR"] = str(tmp_path / "witness")
+    job = "import os; os.kill(os.getpid(), 9)"  # dies by SIGKILL: process.killed
+    done = subprocess.run(
+        [sys.executable, "-m", "trainguard.launch", "--ledger", pg_ledger, "--no-env-verify",
+         "--guard-timeout", "60", "--", sys.executable, "-c", job],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 128 + 9, done.stderr
+    records = read_records(pg_ledger)
+    (origin,) = [r for r in records if r.message == "run.origin"]
+    assert [r.alert for r in records if r.kind == "alert"] == ["process.killed"]
+    assert {"run.started", "run.exited"} <= {r.message for r in records}
+    assert list((tmp_path / "state" / "runs").glob("*/heartbeats"))
+    run_id = str(origin.evidence["run"])
+    result = verify(pg_ledger, witness_dir=tmp_path / "witness", origin=run_id)
+    assert result.intact and result.heads_verified >= 1, messages(result.findings)
+    assert "password" not in done.stderr and pg_ledger.split("?")[0] in done.stderr

@@ -9,6 +9,7 @@ from pathlib import Path
 from trainguard.errors import ConfigError
 from trainguard.findings import Severity
 from trainguard.launch.options import ENV_VERIFY_MODES, RunOptions
+from trainguard.ledger.store import location
 
 __all__ = ["add_arguments", "options_from"]
 
@@ -17,7 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--ledger",
         metavar="DIR",
-        help="ledger folder (default: $TRAINGUARD_LEDGER, then ./trainguard-ledger)",
+        help="ledger folder or postgresql://...?ledger=NAME (default: $TRAINGUARD_LEDGER, then "
+        "./trainguard-ledger)",
     )
     parser.add_argument(
         "--ledger-key",
@@ -122,14 +124,9 @@ def options_from(args: argparse.Namespace) -> RunOptions:
         stop_on = Severity.parse(args.stop_on) if args.stop_on else None
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    if args.ledger and str(args.ledger).startswith(("postgresql://", "postgres://")):
-        raise ConfigError(
-            "trainguard run keeps its ledger in a folder; a PostgreSQL ledger is for "
-            "Guard(ledger=...), $TRAINGUARD_LEDGER in jobs, and ledger verify/show/report"
-        )
     return RunOptions(
         command=tuple(command),
-        ledger=Path(args.ledger) if args.ledger else None,
+        ledger=location(args.ledger) if args.ledger else None,
         ledger_key=Path(args.ledger_key) if args.ledger_key else None,
         seal=Path(args.seal) if args.seal else None,
         seal_key=Path(args.seal_key) if args.seal_key else None,

@@ -64,7 +64,7 @@ class Bootstrap:
         self,
         base: Mapping[str, str],
         *,
-        ledger: Path,
+        ledger: Path | str,
         ledger_key: Path | None,
         protect: bool,
     ) -> dict[str, str]:

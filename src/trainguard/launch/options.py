@@ -37,8 +37,9 @@ class RunOptions:
     """
 
     command: tuple[str, ...]
-    ledger: Path | None = None
-    """Default: ``$TRAINGUARD_LEDGER``, then ``./trainguard-ledger``."""
+    ledger: Path | str | None = None
+    """A folder or a ``postgresql://`` URL. Default: ``$TRAINGUARD_LEDGER``, then
+    ``./trainguard-ledger``."""
     ledger_key: Path | None = None
     """Ed25519 key that signs ledger heads. Default: ``$TRAINGUARD_LEDGER_KEY``."""
     seal: Path | None = None

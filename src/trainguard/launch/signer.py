@@ -46,6 +46,7 @@ from trainguard.ledger import Ledger
 from trainguard.ledger.anchor import WITNESS_COMMAND_ENV, WITNESS_DIR_ENV, WitnessDir, default_dir
 from trainguard.ledger.note import Checkpoint
 from trainguard.ledger.runs import RunOrigin, fingerprint, new_run_id
+from trainguard.ledger.store import describe
 
 __all__ = ["HEAD_INTERVAL_S", "RunSigner"]
 
@@ -60,7 +61,7 @@ class RunSigner:
 
     def __init__(
         self,
-        ledger_path: Path,
+        ledger_path: Path | str,
         command: Sequence[str],
         *,
         fixed_key: Path | None,
@@ -127,7 +128,7 @@ class RunSigner:
             where = f" --witness-dir {self.witness.path}" if self.witness is not None else ""
             self.say(
                 f"ledger head: {head.size} records of run {self.ledger.run.run} signed; check "
-                f"with: trainguard ledger verify --ledger {self.ledger_path} "
+                f"with: trainguard ledger verify --ledger {describe(self.ledger_path)} "
                 f"--origin {self.ledger.run.run}{where}"
             )
 

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from trainguard.errors import ConfigError
+from trainguard.env.state import state_dir
 from trainguard.findings import Rule, Severity
 from trainguard.guard.checks.code.origin import SEAL_ENV
 from trainguard.launch import procs
@@ -47,6 +47,7 @@ from trainguard.launch.tail import LedgerTail
 from trainguard.launch.watch import Raised, Watch
 from trainguard.ledger import default_path
 from trainguard.ledger.anchor import WITNESS_COMMAND_ENV, WITNESS_DIR_ENV
+from trainguard.ledger.store import describe
 
 __all__ = ["Supervisor", "run_command"]
 
@@ -69,12 +70,10 @@ class Supervisor:
         self.opts = opts
         self.console = Console(err or sys.stderr)
         where = default_path(opts.ledger)
-        if isinstance(where, str):
-            raise ConfigError(
-                "trainguard run keeps its ledger in a folder; a PostgreSQL ledger is for "
-                "Guard(ledger=...), $TRAINGUARD_LEDGER in jobs, and ledger verify/show/report"
-            )
-        self.ledger_path = where.absolute()
+        self.ledger_path: Path | str = where if isinstance(where, str) else where.absolute()
+        # run folders (boot files, heartbeats) sit beside a ledger folder; a database ledger
+        # keeps them in the user's state folder
+        self.runs_base = where.absolute() if isinstance(where, Path) else state_dir()
         key = opts.ledger_key or os.environ.get(LEDGER_KEY_ENV) or None
         self.ledger_key = Path(key).absolute() if key else None
         self.torchrun = TorchrunLog()
@@ -103,7 +102,7 @@ class Supervisor:
         )
         self.ledger = self.signer.open()
         try:
-            boot = make_bootstrap(self.ledger_path)
+            boot = make_bootstrap(self.runs_base)
         except BaseException:
             self.signer.close()
             raise
@@ -365,7 +364,7 @@ class Supervisor:
         self.ledger.append_event("run.exited", evidence=evidence)
         self.console.say(
             f"job exited with code {code}; trainguard exits {final}; {self.alerts} alert(s); "
-            f"ledger {self.ledger_path}"
+            f"ledger {describe(self.ledger_path)}"
         )
 
     def _fault(self, exc: Exception) -> None:

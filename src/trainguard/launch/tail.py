@@ -36,7 +36,7 @@ def descends_from(pid: int, ancestor: int, limit: int = 64) -> bool:
 class LedgerTail:
     """``poll()`` returns this run's records appended since the last call."""
 
-    def __init__(self, path: Path, known: Callable[[int], bool]) -> None:
+    def __init__(self, path: Path | str, known: Callable[[int], bool]) -> None:
         self.path = path
         self.known = known
         self.host = socket.gethostname()
