@@ -107,6 +107,6 @@ def test_a_clip_bound_before_the_guard_falls_back_to_the_applied_norm() -> None:
         opt.zero_grad()
         guard.step()
     guard.close()
-    series = [e for m, e in seen if m == "guard.metrics"][0]
+    series = next(e for m, e in seen if m == "guard.metrics")
     assert series["clip"] == [None, None, None]
     assert all(abs(n - 0.01) < 1e-4 for n in series["grad_norm"])  # what the optimizer got

@@ -323,8 +323,7 @@ def _save(tensors: dict[str, Any], metadata: dict[str, str], path: Path) -> int:
         from safetensors.torch import save_file
     except ImportError:
         raise ConfigError(
-            "convert writes safetensors, which is not installed: "
-            "pip install 'trainguard[convert]'"
+            "convert writes safetensors, which is not installed: pip install 'trainguard[convert]'"
         ) from None
 
     save_file(tensors, str(path), metadata=metadata)

@@ -719,4 +719,3 @@ def _has_closure(optimizer: Any, call: tuple[Any, Any] | None) -> bool:
     args, kwargs = call
     rest = args[1:] if args and args[0] is optimizer else args  # torch passes self first
     return (rest[0] if rest else (kwargs or {}).get("closure")) is not None
-
