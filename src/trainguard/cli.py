@@ -482,10 +482,12 @@ def _env(args: argparse.Namespace) -> int:
         Path(args.output).write_text(text, encoding="utf-8")
     else:
         sys.stdout.write(text)
-    if args.format == "human":
+    if args.format == "human" and (args.output or not sys.stdout.isatty()):
+        # the verdict for the terminal when the report went to a file or a pipe; on a
+        # terminal the report above already ends with it (said once)
         from trainguard.output import env_human
 
-        sys.stderr.write(env_human.summary(report, color=color and sys.stderr.isatty()))
+        sys.stderr.write(env_human.summary(report, color=sys.stderr.isatty()))
     return env.exit_code(report)
 
 

@@ -63,3 +63,35 @@ def test_first_use_reseal_and_the_verdict_cache(env: Env, capsys, quiet_environ,
     assert main([*args, "--no-cache"]) == 0
     cold = json.loads(capsys.readouterr().out)["summary"]["checked"]
     assert cold["pyc_cached"] == 0 and cold["pyc"] == warm["pyc_cached"]
+
+
+def test_the_verdict_is_printed_once_on_a_terminal(env: Env, tmp_path: Path, state) -> None:
+    """On a terminal the report already ends with its verdict line; the copy on stderr is
+    for when stdout went to a file or a pipe."""
+    import pty
+    import subprocess
+    import sys
+
+    from trainguard.env.environ import VARIABLES
+
+    environ = {k: v for k, v in os.environ.items() if k not in VARIABLES}
+    primary, secondary = pty.openpty()
+    cmd = [sys.executable, "-m", "trainguard", "env", "verify", "--python", env.python]
+    proc = subprocess.Popen(cmd, stdout=secondary, stderr=secondary, env=environ)
+    os.close(secondary)
+    chunks = []
+    while True:
+        try:
+            data = os.read(primary, 65536)
+        except OSError:  # EIO: the other side closed
+            break
+        if not data:
+            break
+        chunks.append(data)
+    assert proc.wait(timeout=300) == 0
+    os.close(primary)
+    text = b"".join(chunks).decode(errors="replace")
+    assert text.count("INTACT") == 1, text
+    assert "[32m" not in text.replace("\x1b[32m", ""), text  # colours are codes, not text
+    piped = subprocess.run(cmd, capture_output=True, text=True, env=environ, timeout=300)
+    assert "INTACT" in piped.stdout and "INTACT" in piped.stderr

@@ -23,8 +23,9 @@ def render(report: EnvReport, *, color: bool = False, verbose: bool = False) -> 
         sev = SEVERITY_STYLE[f.severity]
         console.print(f"[{sev}]{f.severity.label:<8}[/] {f.rule.value:<18} {escape(f.message)}")
         console.print(f"{'':<8} {'':<18} [dim]at {escape(str(f.location))}[/]")
-    console.print(summary(report, color=color), end="")
-    return buf.getvalue()
+    # already rendered (with its colours): printing it through the console again would read
+    # its escape sequences as text and markup
+    return buf.getvalue() + summary(report, color=color)
 
 
 def summary(report: EnvReport, *, color: bool = False) -> str:
