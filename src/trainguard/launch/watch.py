@@ -74,7 +74,7 @@ class Watch:
         if not self.table.procs and job_alive:  # an agent waiting for its peers is fine
             out += self._no_bootstrap(now)
         for view in views.values():
-            out += self._guard_missing(view, now, views)
+            out += self._guard_missing(view, now)
             out += self._hang(view, now)
         out += self._stragglers(views)
         return out
@@ -97,9 +97,7 @@ class Watch:
             )
         ]
 
-    def _guard_missing(
-        self, view: RankView, now: float, views: Mapping[int, RankView]
-    ) -> list[Raised]:
+    def _guard_missing(self, view: RankView, now: float) -> list[Raised]:
         if not view.covered:
             if (view.rank, "never") in self._missing:
                 return []
@@ -132,9 +130,7 @@ class Watch:
             return []
         closed_at = latest.beat_time or now
         running = [p for p in view.primaries if p.alive]
-        if not running:
-            return self._closed_then_ended(view, views, closed_at, now)
-        if now - closed_at < self.closed_after:
+        if not running or now - closed_at < self.closed_after:
             return []
         self._missing.add((view.rank, "closed"))
         return [
@@ -152,40 +148,6 @@ class Watch:
                 },
             )
         ]
-
-    def _closed_then_ended(
-        self,
-        view: RankView,
-        views: Mapping[int, RankView],
-        closed_at: float,
-        now: float,
-    ) -> list[Raised]:
-        """A rank that closed its guard and is gone, while another rank's guard never
-        closed: that rank died guarded (the job failed after this one left its guard, e.g.
-        the guard's own collectives no longer matched), or still trains guarded
-        ``closed_after`` seconds later. At an honest end every rank closes its guard."""
-        others = [
-            v.rank
-            for v in views.values()
-            if v.rank != view.rank
-            and any(p.attached and (not p.alive or now - closed_at >= self.closed_after)
-                    for p in v.members)
-        ]  # fmt: skip
-        if not others:
-            return []
-        self._missing.add((view.rank, "closed"))
-        return [
-            Raised(
-                Rule.GUARD_MISSING,
-                Severity.MEDIUM,
-                f"rank {view.rank} closed its guard mid-run and ended, while rank(s) "
-                f"{', '.join(map(str, others))} still ran guarded",
-                rank=view.rank,
-                step=view.step(),
-                evidence={"closed_at": closed_at, "reason": "closed_before_the_others",
-                          "others": others},
-            )
-        ]  # fmt: skip
 
     # -- process.hang -------------------------------------------------------------------
 
