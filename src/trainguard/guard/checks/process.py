@@ -171,16 +171,7 @@ class ProcessCheck(Check):
             Severity.HIGH,
             f"{call.event} from {call.site} (thread {call.thread}): {call.args}",
             where=f"event:{call.event}@{call.site}",
-            evidence={
-                "event": call.event,
-                "args": call.args,
-                "site": call.site,
-                "module": call.module,
-                "stack": call.stack,
-                "thread": call.thread,
-                "authorized": ctx.is_authorized,
-                "verified": False,
-            },
+            evidence=_unverified(ctx, call),
             step=self._step(ctx),
         )
 
@@ -201,17 +192,7 @@ class ProcessCheck(Check):
             " it sends signals unseen by os.kill's audit, and can forge the sender of a"
             " signal this process sends itself",
             where=f"event:{call.event}:{call.symbol}@{call.site}",
-            evidence={
-                "event": call.event,
-                "symbol": call.symbol,
-                "args": call.args,
-                "site": call.site,
-                "module": call.module,
-                "stack": call.stack,
-                "thread": call.thread,
-                "authorized": ctx.is_authorized,
-                "verified": False,
-            },
+            evidence={"symbol": call.symbol, **_unverified(ctx, call)},
             step=self._step(ctx),
         )
 
@@ -254,3 +235,17 @@ def _honest_origin(call: audithook.CallEvent) -> str | None:
     if call.event not in audithook.SPAWN_EVENTS and not local:
         return None
     return _authority.verified_origin(call.site_code, call.site_globals)
+
+
+def _unverified(ctx: GuardContext, call: audithook.CallEvent) -> dict[str, object]:
+    """The evidence of a call whose calling code is not verified."""
+    return {
+        "event": call.event,
+        "args": call.args,
+        "site": call.site,
+        "module": call.module,
+        "stack": call.stack,
+        "thread": call.thread,
+        "authorized": ctx.is_authorized,
+        "verified": False,
+    }
